@@ -1,0 +1,3 @@
+from dlq_router.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""The one interface both brokers implement, and the broker-neutral values it passes.
+
+A backend is opened on a validated ``Topology``. Nothing outside ``backends/rabbitmq`` imports
+pika and nothing outside ``backends/redis`` imports redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from dlq_router.metrics import Metrics
+
+PlanStatus = Literal["create", "unchanged", "conflict", "warning"]
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One object of a declare plan: what it is and what declare does (or did) to it."""
+
+    kind: str  # exchange / queue / binding / key / server
+    name: str
+    status: PlanStatus
+    detail: str = ""
+
+
+@dataclass
+class DeclareReport:
+    items: list[PlanItem] = field(default_factory=list)
+    applied: bool = False
+
+    @property
+    def conflicts(self) -> list[PlanItem]:
+        return [i for i in self.items if i.status == "conflict"]
+
+
+@dataclass
+class RouterContext:
+    """What the run loop needs from outside: stop flag, metrics, logger, clock, randomness."""
+
+    metrics: Metrics
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("dlq_router.run"))
+    stop: threading.Event = field(default_factory=threading.Event)
+    # Set by a second signal: give up on outstanding confirms and close at once.
+    abort: threading.Event = field(default_factory=threading.Event)
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+    prefetch: int = 500
+    shutdown_timeout: float = 10.0
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+
+@dataclass(frozen=True)
+class ParkedMessage:
+    """A parked message, broker-neutral. ``body`` is opaque bytes and is never decoded here."""
+
+    id: str
+    route: str
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body)
+
+
+class Backend(Protocol):
+    """declare / run the router / the parking lot, for one broker."""
+
+    kind: str
+
+    def declare(self, *, dry_run: bool) -> DeclareReport: ...
+
+    def run_router(self, ctx: RouterContext) -> None:
+        """Consume dead letters of every route until ``ctx.stop`` is set."""
+        ...
+
+    def iter_parked(self, route: str | None = None) -> Iterator[ParkedMessage]:
+        """Every parked message (newest first), without consuming or reordering them."""
+        ...
+
+    def close(self) -> None: ...

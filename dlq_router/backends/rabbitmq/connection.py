@@ -1,0 +1,83 @@
+"""Opening RabbitMQ connections, and translating pika's errors into ours (one boundary)."""
+
+from __future__ import annotations
+
+import re
+
+import pika
+import pika.exceptions as pe
+
+from dlq_router.errors import BrokerUnavailable
+from dlq_router.urls import redact_text, redact_url
+
+# Errors that mean "the connection is gone, reconnect" for the run loop.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    pe.AMQPConnectionError,
+    pe.ConnectionClosed,
+    pe.StreamLostError,
+    pe.ChannelWrongStateError,
+    ConnectionError,
+    OSError,
+)
+
+
+def parameters(
+    url: str, *, heartbeat: int = 30, client_name: str = "dlq-router"
+) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 60
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    params.client_properties = {"connection_name": client_name}
+    return params
+
+
+def describe(exc: BaseException, url: str) -> str:
+    """One line for the operator about why a connection failed; never the password."""
+    where = redact_url(url)
+    if isinstance(exc, pe.ProbableAuthenticationError | pe.AuthenticationError):
+        return f"cannot log in to {where}: authentication failed (check user and password)"
+    if isinstance(exc, pe.ProbableAccessDeniedError):
+        return f"cannot open {where}: access refused (missing vhost or no permission on it)"
+    if isinstance(exc, pe.ConnectionClosedByBroker):
+        if exc.reply_code == 530:
+            return f"cannot open {where}: vhost missing or not allowed ({exc.reply_text})"
+        return f"{where} closed the connection: {exc.reply_code} {exc.reply_text}"
+    if isinstance(exc, pe.AMQPConnectionError) and exc.args:
+        inner = exc.args[0]
+        inner_exc = inner if isinstance(inner, BaseException) else None
+        if inner_exc is not None and inner_exc is not exc:
+            return describe(inner_exc, url)
+    # pika wraps socket errors in connector errors whose real cause sits in .exception
+    cause = getattr(exc, "exception", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        return describe(cause, url)
+    text = redact_text(str(exc) or type(exc).__name__, url)
+    if isinstance(exc, ConnectionRefusedError) or "refused" in text.lower():
+        return f"cannot connect to {where}: connection refused (is RabbitMQ running?)"
+    if isinstance(exc, OSError | pe.AMQPConnectionError):
+        return f"cannot connect to {where}: {text}"
+    return f"{where}: {text}"
+
+
+def connect(url: str, *, client_name: str = "dlq-router") -> pika.BlockingConnection:
+    """A blocking connection, or ``BrokerUnavailable`` with a one-line, redacted reason."""
+    try:
+        return pika.BlockingConnection(parameters(url, client_name=client_name))
+    except (pe.AMQPError, OSError) as exc:
+        raise BrokerUnavailable(describe(exc, url)) from exc
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>queue|exchange) '(?P<name>[^']*)' "
+    r"in vhost '[^']*': received (?P<received>.*?) but current is (?P<current>.*)$"
+)
+
+
+def explain_406(reply_text: str) -> str:
+    """Turn RabbitMQ's PRECONDITION_FAILED text into 'arg: expected X, actual Y'."""
+    m = _INEQUIVALENT.search(reply_text)
+    if not m:
+        return reply_text.removeprefix("PRECONDITION_FAILED - ")
+    return f"{m['arg']}: expected {m['received']}, actual {m['current']}"

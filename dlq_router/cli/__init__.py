@@ -1,0 +1,40 @@
+"""The ``dlq-router`` command line: one module per command group, joined here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dlq_router import __version__
+from dlq_router.cli import declare as _declare
+
+app = typer.Typer(
+    name="dlq-router",
+    help="Broker-level retries: dead letters routed to fixed-delay tiers or a parking lot.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dlq-router {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Broker-level retries: dead letters routed to fixed-delay tiers or a parking lot."""
+
+
+app.command("declare")(_declare.declare)
+
+
+def main() -> None:
+    sys.exit(app())

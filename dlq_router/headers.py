@@ -1,0 +1,80 @@
+"""Header names dlq-router reads and writes, and tolerant readers for their values.
+
+Router-owned headers have no ``x-`` prefix: RabbitMQ reserves ``x-`` for itself, and since
+3.13 it no longer updates ``x-death`` on republished messages, so attempts are counted here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+ATTEMPTS = "dlq-attempts"
+RETRY_DUE_AT = "dlq-retry-due-at"  # absolute due time, ms since the epoch
+RETRY_DELAY_MS = "dlq-retry-delay-ms"
+RETRY_TIER = "dlq-retry-tier"  # e.g. "10s"
+FIRST_FAILED_AT = "dlq-first-failed-at"
+LAST_FAILED_AT = "dlq-last-failed-at"
+ORIGIN_EXCHANGE = "dlq-origin-exchange"
+ORIGIN_ROUTING_KEY = "dlq-origin-routing-key"
+ORIGIN_QUEUE = "dlq-origin-queue"
+ROUTE = "dlq-route"
+ERROR_TYPE = "dlq-error-type"  # set by the worker side when it knows the exception
+ERROR_MESSAGE = "dlq-error-message"
+DEATH_REASON = "dlq-death-reason"  # rejected / expired / maxlen / delivery_limit
+PARK_REASON = "dlq-park-reason"
+PARK_DETAIL = "dlq-park-detail"
+PARKED_AT = "dlq-parked-at"
+ID = "dlq-id"  # stable id of a parked message
+PUBLISH_ID = "dlq-publish-id"  # correlates basic.return with a publish (RabbitMQ)
+
+# Written by RabbitMQ when it dead-letters. Stripped before republishing: a message that
+# cycles back into a queue it has passed through is dropped when the cycle has no rejection.
+BROKER_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-reason",
+        "x-first-death-queue",
+        "x-first-death-exchange",
+        "x-last-death-reason",
+        "x-last-death-queue",
+        "x-last-death-exchange",
+    }
+)
+
+# Headers must fit in one AMQP frame together; long error text is cut to leave headroom.
+MAX_ERROR_MESSAGE = 2048
+
+
+def as_text(value: Any) -> str | None:
+    """A header value as text (AMQP long strings may arrive as bytes), or None."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value
+    return str(value)
+
+
+def as_ms(value: Any) -> int | None:
+    """A timestamp header as integer ms, or None when absent or unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = as_text(value)
+    if text is not None and text.strip().isdigit():
+        return int(text.strip())
+    return None
+
+
+def truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
+    if len(text) <= limit:
+        return text
+    marker = f"... [truncated {len(text) - limit} chars]"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def strip_broker_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}

@@ -1,0 +1,83 @@
+"""Prometheus metrics plus /healthz and /readyz, served from one small HTTP thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+
+class Metrics:
+    """The router's counters. Each instance has its own registry (tests run many)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.dead_letters = Counter(
+            "dlq_router_dead_letters", "Dead letters received", ["route"], registry=r
+        )
+        self.retries = Counter(
+            "dlq_router_retries_scheduled", "Retries scheduled", ["route", "tier"], registry=r
+        )
+        self.parked = Counter(
+            "dlq_router_parked", "Messages parked", ["route", "reason"], registry=r
+        )
+        self.publish_failures = Counter(
+            "dlq_router_publish_failures",
+            "Publishes the broker refused or returned (message held, not lost)",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.reconnects = Counter("dlq_router_reconnects", "Broker reconnects", registry=r)
+        self.moved = Counter(
+            "dlq_router_retries_moved",
+            "Due retries moved back to work (Redis)",
+            ["route"],
+            registry=r,
+        )
+        self.ready = Gauge("dlq_router_ready", "1 when connected and consuming", registry=r)
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(1 if ready else 0)
+
+    def is_ready(self) -> bool:
+        return bool(self.registry.get_sample_value("dlq_router_ready"))
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def _app(metrics: Metrics) -> Callable[..., Iterable[bytes]]:
+    prom = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if path == "/readyz":
+            if metrics.is_ready():
+                start_response("200 OK", [("Content-Type", "text/plain")])
+                return [b"ready\n"]
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"not ready\n"]
+        return prom(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> WSGIServer:
+    """Serve /metrics, /healthz and /readyz on a daemon thread; returns the server."""
+    server = make_server(host, port, _app(metrics), _Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

@@ -1,0 +1,203 @@
+"""What happens to a dead letter: retry on which tier and when, or park and why.
+
+Pure code: no broker, no clock, no global random. Backends describe a dead letter as a
+``Failure``, call ``decide``, then publish ``Retry.headers``/``Park.headers`` unchanged.
+
+Attempts count failures. After failure n (n = 1, 2, ...): if n >= max_attempts the message
+is parked; otherwise it waits ``delays[min(n, len(delays)) - 1]`` (the last tier repeats).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dlq_router import headers as h
+from dlq_router.durations import format_duration_ms
+from dlq_router.names import tier_lanes
+from dlq_router.topology import Route
+
+ParkReason = Literal[
+    "max_attempts",  # attempts exhausted
+    "non_retryable",  # the error type is listed in the route's non_retryable
+    "no_origin",  # nothing says where the message came from, so it cannot go back
+    "invalid_header",  # a router header holds a value of the wrong type
+    "unroutable",  # the retry tier did not accept it (deleted queue, say)
+    "malformed",  # the transport envelope itself could not be read (Redis)
+]
+PARK_REASONS: tuple[str, ...] = ParkReason.__args__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One dead letter as the backend saw it. ``origin_*`` come from the broker, if known."""
+
+    headers: Mapping[str, Any]
+    origin_exchange: str | None = None
+    origin_routing_key: str | None = None
+    origin_queue: str | None = None
+    death_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int
+    tier: int
+    lane: int
+    delay_ms: int
+    due_at_ms: int
+    headers: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Park:
+    attempts: int
+    reason: ParkReason
+    detail: str
+    headers: dict[str, Any] = field(repr=False)
+
+
+Decision = Retry | Park
+
+
+def is_non_retryable(error_type: str | None, non_retryable: list[str]) -> bool:
+    """Match the full dotted name, or the bare class name against undotted entries."""
+    if not error_type:
+        return False
+    short = error_type.rsplit(".", 1)[-1]
+    return any(
+        entry in (error_type, short) if "." not in entry else entry == error_type
+        for entry in non_retryable
+    )
+
+
+def _read_attempts(value: Any) -> int | None:
+    """Previous failures recorded in our header; None when the value is unusable."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    text = h.as_text(value)
+    if text is not None and text.strip().isdigit():
+        return int(text.strip())
+    return None
+
+
+def park_headers(
+    base: Mapping[str, Any], reason: str, detail: str, now_ms: int, message_id: str
+) -> dict[str, Any]:
+    """Stamp why and when a message was parked (also used for transport-level parks)."""
+    out = dict(base)
+    out[h.PARK_REASON] = reason
+    out[h.PARK_DETAIL] = h.truncate(detail, 512)
+    out[h.PARKED_AT] = now_ms
+    out.setdefault(h.ID, message_id)
+    return out
+
+
+def decide(
+    route: Route,
+    failure: Failure,
+    *,
+    now_ms: int,
+    rng: random.Random,
+    message_id: str,
+    continuous_jitter: bool,
+) -> Decision:
+    """Decide retry or park for one dead letter.
+
+    ``continuous_jitter`` (Redis) draws any delay within +-jitter; otherwise (RabbitMQ) a
+    random lane of the tier is chosen and the delay is that lane's fixed TTL.
+    ``message_id`` is used as the parked id when the message has none yet.
+    """
+    incoming = failure.headers
+    out = h.strip_broker_headers(incoming)
+    out[h.ROUTE] = route.name
+    out[h.LAST_FAILED_AT] = now_ms
+    if h.as_ms(incoming.get(h.FIRST_FAILED_AT)) is None:
+        out[h.FIRST_FAILED_AT] = now_ms
+    if failure.death_reason:
+        out[h.DEATH_REASON] = failure.death_reason
+    error_message = h.as_text(incoming.get(h.ERROR_MESSAGE))
+    if error_message is not None:
+        out[h.ERROR_MESSAGE] = h.truncate(error_message)
+
+    # Where the message goes back to: our own record first (it survives republishing),
+    # then what the broker told us on the first death.
+    origin_exchange = h.as_text(incoming.get(h.ORIGIN_EXCHANGE))
+    origin_key = h.as_text(incoming.get(h.ORIGIN_ROUTING_KEY))
+    origin_queue = h.as_text(incoming.get(h.ORIGIN_QUEUE))
+    if origin_exchange is None or origin_key is None:
+        origin_exchange, origin_key = failure.origin_exchange, failure.origin_routing_key
+        origin_queue = failure.origin_queue
+    if origin_exchange is not None and origin_key is not None:
+        out[h.ORIGIN_EXCHANGE] = origin_exchange
+        out[h.ORIGIN_ROUTING_KEY] = origin_key
+        if origin_queue is not None:
+            out[h.ORIGIN_QUEUE] = origin_queue
+
+    previous = _read_attempts(incoming.get(h.ATTEMPTS))
+
+    def park(reason: ParkReason, detail: str, attempts: int) -> Park:
+        out[h.ATTEMPTS] = attempts
+        return Park(attempts, reason, detail, park_headers(out, reason, detail, now_ms, message_id))
+
+    if previous is None:
+        bad = h.truncate(repr(incoming.get(h.ATTEMPTS)), 100)
+        # Keep the bad value visible for the operator; the count restarts on replay.
+        out["dlq-invalid-attempts"] = bad
+        return park("invalid_header", f"{h.ATTEMPTS} is not a whole number: {bad}", 1)
+    attempts = previous + 1
+
+    error_type = h.as_text(incoming.get(h.ERROR_TYPE))
+    if is_non_retryable(error_type, route.non_retryable):
+        return park("non_retryable", f"{error_type} is listed as non-retryable", attempts)
+    if h.ORIGIN_EXCHANGE not in out:
+        return park(
+            "no_origin", "no dlq-origin-* or x-death header says where it came from", attempts
+        )
+    if attempts >= route.retry.max_attempts:
+        return park(
+            "max_attempts", f"failed {attempts} of {route.retry.max_attempts} attempts", attempts
+        )
+
+    tier = min(attempts, len(route.retry.delays)) - 1
+    if continuous_jitter:
+        lane = 0
+        jitter = route.retry.jitter
+        delay = round(route.retry.delays[tier] * (1 + rng.uniform(-jitter, jitter)))
+    else:
+        ttls = tier_lanes(route.retry, tier)
+        lane = rng.randrange(len(ttls))
+        delay = ttls[lane]
+    delay = max(1, delay)
+    out[h.ATTEMPTS] = attempts
+    out[h.RETRY_TIER] = format_duration_ms(route.retry.delays[tier])
+    out[h.RETRY_DELAY_MS] = delay
+    out[h.RETRY_DUE_AT] = now_ms + delay
+    for stale in (h.PARK_REASON, h.PARK_DETAIL, h.PARKED_AT):
+        out.pop(stale, None)
+    return Retry(attempts, tier, lane, delay, now_ms + delay, out)
+
+
+def reset_for_replay(headers: Mapping[str, Any], *, keep_attempts: bool) -> dict[str, Any]:
+    """Headers of a parked message as it goes back to work (``dlq-router replay``)."""
+    out = h.strip_broker_headers(headers)
+    for key in (
+        h.PARK_REASON,
+        h.PARK_DETAIL,
+        h.PARKED_AT,
+        h.RETRY_DUE_AT,
+        h.RETRY_DELAY_MS,
+        h.RETRY_TIER,
+        h.PUBLISH_ID,
+        "dlq-invalid-attempts",
+    ):
+        out.pop(key, None)
+    if not keep_attempts:
+        out.pop(h.ATTEMPTS, None)
+    return out
