@@ -54,8 +54,16 @@ def delete_redis_topology(topology: Topology) -> None:
     try:
         for route in topology.routes:
             keys = redis_keys(topology, route)
-            names = [keys.work, keys.dlq, keys.inflight, keys.retry, keys.seq, keys.parked,
-                     keys.parked_index, keys.topology]
+            names = [
+                keys.work,
+                keys.dlq,
+                keys.inflight,
+                keys.retry,
+                keys.seq,
+                keys.parked,
+                keys.parked_index,
+                keys.topology,
+            ]
             # kombu's priority lists for the work queue
             names += [f"{keys.work}\x06\x16{p}" for p in (3, 6, 9)]
             client.delete(*names)
@@ -82,8 +90,9 @@ def make_topology(uid: str) -> Iterator[TopologyFactory]:
     """Build a topology with unique names; whatever it derives is deleted at teardown."""
     made: list[Topology] = []
 
-    def factory(kind: str = "rabbitmq", routes: list[dict[str, Any]] | None = None,
-                **top: Any) -> Topology:
+    def factory(
+        kind: str = "rabbitmq", routes: list[dict[str, Any]] | None = None, **top: Any
+    ) -> Topology:
         url = RABBIT_URL if kind == "rabbitmq" else REDIS_URL
         data = {"url": url, "routes": routes or [route_dict(uid)], **top}
         topology = parse_topology(data, source="<test>")

@@ -1,0 +1,65 @@
+"""Opening Redis (or Redis Cluster) clients and loading Lua scripts; redis-py errors end here.
+
+``redis://`` and ``rediss://`` open a plain client; ``redis+cluster://`` (or
+``rediss+cluster://``) a ``RedisCluster`` seeded from that host.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.exceptions as rex
+from redis.cluster import RedisCluster
+
+from dlq_router.errors import BrokerUnavailable
+from dlq_router.urls import redact_text, redact_url
+
+RedisClient = redis.Redis | RedisCluster
+
+# Errors that mean "the connection is gone, reconnect" for the run loop.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,
+    rex.TimeoutError,
+    rex.ClusterDownError,
+    rex.TryAgainError,
+    OSError,
+)
+
+
+def describe(exc: BaseException, url: str) -> str:
+    where = redact_url(url)
+    text = redact_text(str(exc) or type(exc).__name__, url)
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
+        return f"cannot log in to {where}: {text}"
+    if isinstance(exc, rex.ConnectionError) and "refused" in text.lower():
+        return f"cannot connect to {where}: connection refused (is Redis running?)"
+    return f"cannot use {where}: {text}"
+
+
+def connect(url: str, *, client_name: str = "dlq-router") -> RedisClient:
+    """A connected client, or ``BrokerUnavailable`` with a one-line, redacted reason."""
+    try:
+        client: RedisClient
+        if "+cluster" in url.split("://", 1)[0]:
+            plain = url.replace("+cluster", "", 1)
+            client = RedisCluster.from_url(plain, client_name=client_name)
+        else:
+            client = redis.Redis.from_url(url, client_name=client_name, health_check_interval=30)
+        client.ping()
+    except (rex.RedisError, OSError) as exc:
+        raise BrokerUnavailable(describe(exc, url)) from exc
+    return client
+
+
+@cache
+def lua_source(name: str) -> str:
+    """The text of ``lua/<name>.lua`` shipped with the package."""
+    return resources.files("dlq_router.backends.redis").joinpath("lua", f"{name}.lua").read_text()
+
+
+def script(client: RedisClient, name: str) -> Any:
+    """A registered script (EVALSHA with EVAL fallback); every key must be passed in KEYS."""
+    return client.register_script(lua_source(name))
