@@ -75,9 +75,17 @@ _INEQUIVALENT = re.compile(
 )
 
 
+_VALUE = re.compile(r"^(?:the value )?'(?P<v>.*?)'(?: of type '[^']*')?$")
+
+
+def _value(text: str) -> str:
+    m = _VALUE.match(text.strip())
+    return m["v"] if m else text.strip()
+
+
 def explain_406(reply_text: str) -> str:
     """Turn RabbitMQ's PRECONDITION_FAILED text into 'arg: expected X, actual Y'."""
     m = _INEQUIVALENT.search(reply_text)
     if not m:
         return reply_text.removeprefix("PRECONDITION_FAILED - ")
-    return f"{m['arg']}: expected {m['received']}, actual {m['current']}"
+    return f"{m['arg']}: expected {_value(m['received'])}, actual {_value(m['current'])}"
