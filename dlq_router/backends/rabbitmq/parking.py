@@ -1,0 +1,395 @@
+"""The parking lot on RabbitMQ: one parking queue per route, read without changing it.
+
+AMQP has no peek. Every operation takes a *snapshot*: it consumes the queue's whole depth
+(as reported by a passive declare) without acking, on its own channel, with a prefetch that
+covers the depth. Closing that channel hands every unacked message back to the broker in
+its original position, not redelivered to anyone else meanwhile. Replay and purge ack only
+the messages they moved (after the republish was confirmed) before closing. A snapshot reads
+the whole queue: that is the cost of listing (see docs-parking.md for figures).
+
+The consumer is registered on pika's underlying channel (``channel._impl``): BlockingChannel's
+own cancel rejects its buffered messages one by one before the close, which would put them
+back ahead of the ones already delivered on a quorum queue. The same channel object also
+gives asynchronous publisher confirms, so replay keeps a window of publishes in flight
+instead of one round trip per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.spec import Basic
+
+from dlq_router import headers as h
+from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq.connection import describe
+from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
+from dlq_router.names import rabbit_names
+from dlq_router.parking import (
+    Progress,
+    RateLimiter,
+    ReplayOptions,
+    ReplayResult,
+    Selector,
+    missing_ids,
+    no_progress,
+    parked_at,
+    select,
+)
+from dlq_router.policy import reset_for_replay
+from dlq_router.topology import Route, Topology
+
+# AMQP basic properties kept verbatim (headers travel separately).
+AMQP_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+MAX_PREFETCH = 65535  # basic.qos prefetch-count is 16 bits; 0 = unlimited
+IDLE_TIMEOUT = 5.0  # a snapshot stops short of the depth after this long without a delivery
+CONFIRM_TIMEOUT = 30.0
+WINDOW = 1000  # republished messages awaiting the broker's confirm (the duplicate bound)
+
+
+def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:
+    headers = dict(props.headers or {})
+    properties = {k: getattr(props, k) for k in AMQP_PROPERTIES if getattr(props, k) is not None}
+    msg_id = h.as_text(headers.get(h.ID)) or props.message_id
+    if not msg_id:  # not parked by dlq-router: derive a stable id from the content
+        digest = hashlib.sha1(body + repr(sorted(headers.items())).encode(), usedforsecurity=False)
+        msg_id = "sha1-" + digest.hexdigest()[:16]
+    return ParkedMessage(str(msg_id), route, headers, properties, body)
+
+
+def to_properties(msg: ParkedMessage, headers: dict[str, Any]) -> pika.BasicProperties:
+    """AMQP properties of ``msg``; properties from another broker (kombu's) are left out."""
+    kept = {k: v for k, v in msg.properties.items() if k in AMQP_PROPERTIES and v is not None}
+    return pika.BasicProperties(headers=headers, **kept)
+
+
+@dataclass
+class _Held:
+    tag: int
+    msg: ParkedMessage
+    snapshot: _Snapshot
+
+
+class _Snapshot:
+    """Every message of one parking queue, held unacked; ``close`` puts them back in place."""
+
+    def __init__(self, connection: pika.BlockingConnection, route: Route, queue: str) -> None:
+        self.connection = connection
+        self.route = route
+        self.queue = queue
+        self.held: list[_Held] = []
+        self.channel = connection.channel()
+        self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
+        self.short = 0  # messages not read because another consumer holds them
+        if self.depth:
+            self._read()
+
+    def _on_message(
+        self, _ch: Any, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
+    ) -> None:
+        msg = to_message(self.route.name, props, body)
+        self.held.append(_Held(method.delivery_tag, msg, self))
+
+    def _read(self) -> None:
+        self.channel.basic_qos(prefetch_count=self.depth if self.depth <= MAX_PREFETCH else 0)
+        self.channel._impl.basic_consume(self.queue, self._on_message, auto_ack=False)
+        last, seen = time.monotonic(), 0
+        while len(self.held) < self.depth:
+            self.connection.process_data_events(time_limit=0.02)
+            if len(self.held) != seen:
+                last, seen = time.monotonic(), len(self.held)
+            elif time.monotonic() - last > IDLE_TIMEOUT:
+                # Another listing or replay holds the rest (unacked, not ready).
+                self.short = self.depth - len(self.held)
+                break
+
+    def ack(self, tag: int) -> None:
+        self.channel._impl.basic_ack(tag)
+
+    def close(self) -> None:
+        if self.channel.is_open:
+            self.channel.close()
+
+
+class RabbitParkingLot:
+    def __init__(self, connect: Callable[[], pika.BlockingConnection], topology: Topology) -> None:
+        self._connect = connect
+        self.topology = topology
+
+    def _routes(self, selector: Selector) -> list[Route]:
+        return [r for r in self.topology.routes if selector.wants_route(r.name)]
+
+    def _snapshots(self, routes: Sequence[Route]) -> list[_Snapshot]:
+        conn = self._connect()
+        snaps: list[_Snapshot] = []
+        try:
+            for route in routes:
+                snaps.append(_Snapshot(conn, route, rabbit_names(self.topology, route).parking))
+        except pe.ChannelClosedByBroker as exc:
+            self._close(snaps)
+            if exc.reply_code == 404:
+                raise NotFound(
+                    f"parking queue of route {route.name!r} does not exist "
+                    "(run `dlq-router declare` first)"
+                ) from exc
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        except (pe.AMQPError, OSError) as exc:
+            self._close(snaps)
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        return snaps
+
+    @staticmethod
+    def _close(snaps: Sequence[_Snapshot]) -> None:
+        for snap in snaps:
+            # a dead channel has returned its messages already
+            with contextlib.suppress(pe.AMQPError, OSError):
+                snap.close()
+
+    @staticmethod
+    def _chosen(snaps: Sequence[_Snapshot], selector: Selector) -> list[_Held]:
+        """Held messages that ``selector`` picks, newest first (queue order breaks ties)."""
+        held = [x for snap in snaps for x in reversed(snap.held)]
+        held.sort(key=lambda x: -parked_at(x.msg))  # stable: later in the queue = newer
+        by_msg = {id(x.msg): x for x in held}
+        return [by_msg[id(m)] for m in select((x.msg for x in held), selector)]
+
+    def iter(self, selector: Selector) -> Iterator[ParkedMessage]:
+        snaps = self._snapshots(self._routes(selector))
+        try:
+            chosen = [x.msg for x in self._chosen(snaps, selector)]
+        finally:
+            self._close(snaps)
+        yield from chosen
+
+    def get(self, msg_id: str, route: str | None = None) -> ParkedMessage:
+        selector = Selector(routes=(route,) if route else (), ids=frozenset([msg_id]))
+        for msg in self.iter(selector):
+            return msg
+        raise NotFound(f"no parked message with id {msg_id!r}")
+
+    # ----------------------------------------------------------------- moving
+
+    def _destination(self, msg: ParkedMessage, to_route: Route | None) -> tuple[str, str]:
+        """(exchange, routing key): --to-route, else the recorded origin, else its route."""
+        if to_route is None:
+            exchange = h.as_text(msg.headers.get(h.ORIGIN_EXCHANGE))
+            key = h.as_text(msg.headers.get(h.ORIGIN_ROUTING_KEY))
+            if exchange is not None and key is not None:
+                return exchange, key
+            to_route = self.topology.route(msg.route)
+        names = rabbit_names(self.topology, to_route)
+        return names.work_exchange, names.routing_key
+
+    def _missing_exchanges(self, conn: pika.BlockingConnection, names: set[str]) -> set[str]:
+        missing = set()
+        for name in names - {""}:  # the default exchange always exists
+            ch = conn.channel()
+            try:
+                ch.exchange_declare(name, passive=True)
+                ch.close()
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                missing.add(name)
+        return missing
+
+    def replay(
+        self, selector: Selector, options: ReplayOptions, progress: Progress = no_progress
+    ) -> ReplayResult:
+        to_route = None
+        if options.to_route is not None:
+            try:
+                to_route = self.topology.route(options.to_route)
+            except KeyError as exc:
+                raise UsageError(f"--to-route: {exc.args[0]}") from None
+        result = ReplayResult(dry_run=options.dry_run)
+        snaps = self._snapshots(self._routes(selector))
+        try:
+            chosen = self._chosen(snaps, selector)
+            result.selected = len(chosen)
+            result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+            chosen.reverse()  # oldest first: replayed work keeps its original order
+            if options.dry_run:
+                for x in chosen:
+                    exchange, key = self._destination(x.msg, to_route)
+                    result.planned.append((x.msg, f"exchange {exchange!r} key {key!r}"))
+            elif chosen:
+                _Publisher(snaps[0].connection, self, result, progress).run(
+                    chosen, to_route, options
+                )
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            self._close(snaps)  # everything not acked goes back in place
+        return result
+
+    def purge(self, selector: Selector, progress: Progress = no_progress) -> ReplayResult:
+        result = ReplayResult()
+        snaps = self._snapshots(self._routes(selector))
+        try:
+            chosen = self._chosen(snaps, selector)
+            result.selected = result.replayed = len(chosen)
+            result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+            for x in chosen:
+                x.snapshot.ack(x.tag)
+            progress(len(chosen))
+            if snaps:
+                snaps[0].connection.process_data_events(time_limit=0)
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            self._close(snaps)
+        return result
+
+    def put(
+        self, messages: Sequence[ParkedMessage], progress: Progress = no_progress
+    ) -> ReplayResult:
+        """Publish to the parking queues (confirmed); ids already parked there are skipped."""
+        result = ReplayResult(selected=len(messages))
+        routes = {m.route for m in messages}
+        present = {m.id for m in self.iter(Selector(routes=tuple(sorted(routes))))}
+        todo = [m for m in messages if m.id not in present]
+        result.skipped = len(messages) - len(todo)
+        try:
+            publisher = _Publisher(self._connect(), self, result, progress)
+            publisher.park(todo)
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        return result
+
+
+class _Publisher:
+    """Publishes with a window of unconfirmed messages; acts on each confirm as it comes."""
+
+    def __init__(
+        self,
+        connection: pika.BlockingConnection,
+        lot: RabbitParkingLot,
+        result: ReplayResult,
+        progress: Progress,
+    ) -> None:
+        self.connection = connection
+        self.lot = lot
+        self.result = result
+        self.progress = progress
+        self.channel = connection.channel()
+        self.impl = self.channel._impl
+        self.seq = 0
+        # publish sequence number -> (message id, what to do once confirmed)
+        self.pending: OrderedDict[int, tuple[str, Callable[[], None]]] = OrderedDict()
+        self.returned: set[int] = set()
+        ready: list[bool] = []
+        self.impl.add_on_return_callback(self._on_return)
+        self.impl.confirm_delivery(self._on_confirm, callback=lambda _f: ready.append(True))
+        while not ready:
+            connection.process_data_events(time_limit=0.01)
+
+    def _on_return(self, _ch: Any, _method: Any, props: pika.BasicProperties, _body: bytes) -> None:
+        # mandatory publish that no queue accepted; its confirm (an ack) follows
+        seq = h.as_ms((props.headers or {}).get(h.PUBLISH_ID))
+        if seq is not None:
+            self.returned.add(seq)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        done = []
+        while self.pending:
+            seq = next(iter(self.pending))
+            if seq > method.delivery_tag or (not method.multiple and seq != method.delivery_tag):
+                break
+            msg_id, on_ok = self.pending.pop(seq)
+            if ok and seq not in self.returned:
+                on_ok()
+                done.append(seq)
+            else:
+                why = "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
+                self.result.fail(msg_id, why)
+            self.returned.discard(seq)
+        if done:
+            self.progress(len(done))
+
+    def _publish(
+        self,
+        exchange: str,
+        key: str,
+        msg: ParkedMessage,
+        headers: dict[str, Any],
+        on_ok: Callable[[], None],
+        *,
+        mark: bool = True,
+    ) -> None:
+        while len(self.pending) >= WINDOW:
+            self.connection.process_data_events(time_limit=0.01)
+        self.seq += 1
+        if mark:
+            headers[h.PUBLISH_ID] = self.seq  # ties a basic.return to its publish
+        self.pending[self.seq] = (msg.id, on_ok)
+        self.impl.basic_publish(
+            exchange, key, msg.body, to_properties(msg, headers), mandatory=True
+        )
+        if self.seq % 100 == 0:
+            self.connection.process_data_events(time_limit=0)
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
+        while self.pending and time.monotonic() < deadline and self.channel.is_open:
+            self.connection.process_data_events(time_limit=0.01)
+        for msg_id, _ in self.pending.values():  # unconfirmed: still parked (not acked)
+            self.result.fail(msg_id, "no confirm from the broker in time")
+        self.pending.clear()
+        if self.channel.is_open:
+            self.channel.close()
+
+    def _count(self) -> None:
+        self.result.replayed += 1
+
+    def run(self, chosen: Sequence[_Held], to_route: Route | None, options: ReplayOptions) -> None:
+        """Republish, and ack each parked copy once its republish is confirmed."""
+        plans = [(x, self.lot._destination(x.msg, to_route)) for x in chosen]
+        missing = self.lot._missing_exchanges(self.connection, {ex for _, (ex, _k) in plans})
+        limiter = RateLimiter(options.rate)
+        for held, (exchange, key) in plans:
+            if exchange in missing:
+                self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
+                continue
+            headers = reset_for_replay(held.msg.headers, keep_attempts=options.keep_attempts)
+            limiter.wait()
+
+            def on_ok(held: _Held = held) -> None:
+                held.snapshot.ack(held.tag)
+                self._count()
+
+            self._publish(exchange, key, held.msg, headers, on_ok)
+        self._drain()
+
+    def park(self, messages: Sequence[ParkedMessage]) -> None:
+        """Import: publish each message to its route's parking queue, unchanged."""
+        for msg in messages:
+            queue = rabbit_names(self.lot.topology, self.lot.topology.route(msg.route)).parking
+            # Unmarked: parked copies stay as exported. The queues were just read, so they
+            # exist and the default exchange routes to them.
+            self._publish("", queue, msg, dict(msg.headers), self._count, mark=False)
+        self._drain()
