@@ -363,6 +363,11 @@ class _Publisher:
         if self.channel.is_open:
             self.channel.close()
 
+    def _serve(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.connection.process_data_events(time_limit=left)
+
     def _count(self) -> None:
         self.result.replayed += 1
 
@@ -370,7 +375,8 @@ class _Publisher:
         """Republish, and ack each parked copy once its republish is confirmed."""
         plans = [(x, self.lot._destination(x.msg, to_route)) for x in chosen]
         missing = self.lot._missing_exchanges(self.connection, {ex for _, (ex, _k) in plans})
-        limiter = RateLimiter(options.rate)
+        # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
+        limiter = RateLimiter(options.rate, sleep=self._serve)
         for held, (exchange, key) in plans:
             if exchange in missing:
                 self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
