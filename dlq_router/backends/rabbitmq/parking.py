@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -315,21 +316,24 @@ class _Publisher:
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
-        done = []
-        while self.pending:
-            seq = next(iter(self.pending))
-            if seq > method.delivery_tag or (not method.multiple and seq != method.delivery_tag):
-                break
+        # Single confirms may come out of order (an unroutable message is acked at once,
+        # before earlier ones that wait for a queue); `multiple` covers every seq up to tag.
+        if method.multiple:
+            seqs = list(itertools.takewhile(lambda s: s <= method.delivery_tag, self.pending))
+        else:
+            seqs = [method.delivery_tag] if method.delivery_tag in self.pending else []
+        done = 0
+        for seq in seqs:
             msg_id, on_ok = self.pending.pop(seq)
             if ok and seq not in self.returned:
                 on_ok()
-                done.append(seq)
+                done += 1
             else:
                 why = "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
                 self.result.fail(msg_id, why)
             self.returned.discard(seq)
         if done:
-            self.progress(len(done))
+            self.progress(done)
 
     def _publish(
         self,
