@@ -108,6 +108,11 @@ class Selector:
             or self.newer_than_ms is not None
         )
 
+    @property
+    def header_filters(self) -> bool:
+        """Filters that need a message's headers (route and time come from the index)."""
+        return bool(self.error_types or self.reasons or self.groups)
+
     def require_choice(self, action: str) -> None:
         """Bulk changes need an explicit selector or ``--all`` (``--limit`` alone is not one)."""
         if not self.has_filter and not self.all:

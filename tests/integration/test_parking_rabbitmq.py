@@ -82,16 +82,20 @@ def test_replay_failures_stay_parked_and_exit_5(
     path = write_topology(topology, tmp_path / "t.yaml")
     driver = RabbitParkDriver(topology)
     try:
-        driver.park(route, [Parked("ok1"), Parked("ok2")])
+        # Failures between successes: acks of the ones that left must not touch them.
+        driver.park(route, [Parked("ok1")])
         driver.park(route, [Parked("gone", extra={"dlq-origin-exchange": uid + ".missing"})])
+        driver.park(route, [Parked("ok2")])
         driver.park(route, [Parked("lost", extra={"dlq-origin-routing-key": "unbound-key"})])
+        driver.park(route, [Parked("ok3")])
         result = cli("replay", "-t", path, "--all", "--json")
         assert result.exit_code == 5, result.output
         summary = json_lines(result.stdout)[-1]
-        assert summary["replayed"] == 2 and summary["failed"] == 2
+        assert summary["replayed"] == 3 and summary["failed"] == 2
         errors = {f["id"]: f["error"] for f in summary["failures"]}
         assert "does not exist" in errors["gone"] and "unroutable" in errors["lost"]
-        assert [w.headers["id"] for w in driver.work(route)] == ["task-ok1", "task-ok2"]
+        work = [w.headers["id"] for w in driver.work(route)]
+        assert work == ["task-ok1", "task-ok2", "task-ok3"]
         assert [i for i, _ in driver.drain_parked(route)] == ["gone", "lost"]
     finally:
         driver.close()

@@ -94,9 +94,17 @@ class _Held:
 
 
 class _Snapshot:
-    """Every message of one parking queue, held unacked; ``close`` puts them back in place."""
+    """Every message of one parking queue, held unacked; ``close`` puts the rest back in place.
 
-    def __init__(self, connection: pika.BlockingConnection, route: Route, queue: str) -> None:
+    Acks: a message that leaves is acked once its republish is confirmed. While every earlier
+    delivery also leaves, one ``multiple`` ack covers the whole run (a replay of everything
+    sends one ack per confirm batch, not per message); past the first message that stays,
+    acks are single so that nothing that stays is acked.
+    """
+
+    def __init__(
+        self, connection: pika.BlockingConnection, route: Route, queue: str, *, read: bool = True
+    ) -> None:
         self.connection = connection
         self.route = route
         self.queue = queue
@@ -104,8 +112,17 @@ class _Snapshot:
         self.channel = connection.channel()
         self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
         self.short = 0  # messages not read because another consumer holds them
+        self._floor = 0  # every delivery tag <= floor is acked
+        self._ready: set[int] = set()  # confirmed, waiting to be covered by a multiple ack
+        self._kept_min: float = float("inf")  # lowest tag that stays parked
+        self._last, self._seen = time.monotonic(), 0
         if self.depth:
-            self._read()
+            prefetch = self.depth if self.depth <= MAX_PREFETCH else 0
+            self.channel.basic_qos(prefetch_count=prefetch)
+            self.channel._impl.basic_consume(queue, self._on_message, auto_ack=False)
+        if read:
+            while self.pump():
+                pass
 
     def _on_message(
         self, _ch: Any, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
@@ -113,21 +130,43 @@ class _Snapshot:
         msg = to_message(self.route.name, props, body)
         self.held.append(_Held(method.delivery_tag, msg, self))
 
-    def _read(self) -> None:
-        self.channel.basic_qos(prefetch_count=self.depth if self.depth <= MAX_PREFETCH else 0)
-        self.channel._impl.basic_consume(self.queue, self._on_message, auto_ack=False)
-        last, seen = time.monotonic(), 0
-        while len(self.held) < self.depth:
-            self.connection.process_data_events(time_limit=0.02)
-            if len(self.held) != seen:
-                last, seen = time.monotonic(), len(self.held)
-            elif time.monotonic() - last > IDLE_TIMEOUT:
-                # Another listing or replay holds the rest (unacked, not ready).
-                self.short = self.depth - len(self.held)
-                break
+    @property
+    def finished(self) -> bool:
+        return len(self.held) >= self.depth or self.short > 0
 
-    def ack(self, tag: int) -> None:
-        self.channel._impl.basic_ack(tag)
+    def pump(self) -> bool:
+        """Read what has arrived; False once the whole depth (or all that is free) is read."""
+        if self.finished:
+            return False
+        self.connection.process_data_events(time_limit=0.01)
+        if len(self.held) != self._seen:
+            self._last, self._seen = time.monotonic(), len(self.held)
+        elif time.monotonic() - self._last > IDLE_TIMEOUT:
+            # Another listing or replay holds the rest (unacked, so not ready for us).
+            self.short = self.depth - len(self.held)
+        return not self.finished
+
+    def leave(self, tag: int) -> None:
+        """This message's republish is confirmed (or it is purged): remove it."""
+        if tag > self._kept_min:
+            self.channel._impl.basic_ack(tag)
+            return
+        self._ready.add(tag)
+        top = self._floor
+        while top + 1 in self._ready:
+            top += 1
+            self._ready.discard(top)
+        if top > self._floor:
+            self.channel._impl.basic_ack(top, multiple=True)
+            self._floor = top
+
+    def keep(self, tag: int) -> None:
+        """This message stays parked: no multiple ack may reach it from now on."""
+        if tag < self._kept_min:
+            self._kept_min = tag
+            for ready in sorted(t for t in self._ready if t > tag):
+                self.channel._impl.basic_ack(ready)
+                self._ready.discard(ready)
 
     def close(self) -> None:
         if self.channel.is_open:
@@ -203,19 +242,6 @@ class RabbitParkingLot:
         names = rabbit_names(self.topology, to_route)
         return names.work_exchange, names.routing_key
 
-    def _missing_exchanges(self, conn: pika.BlockingConnection, names: set[str]) -> set[str]:
-        missing = set()
-        for name in names - {""}:  # the default exchange always exists
-            ch = conn.channel()
-            try:
-                ch.exchange_declare(name, passive=True)
-                ch.close()
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise
-                missing.add(name)
-        return missing
-
     def replay(
         self, selector: Selector, options: ReplayOptions, progress: Progress = no_progress
     ) -> ReplayResult:
@@ -226,25 +252,69 @@ class RabbitParkingLot:
             except KeyError as exc:
                 raise UsageError(f"--to-route: {exc.args[0]}") from None
         result = ReplayResult(dry_run=options.dry_run)
-        snaps = self._snapshots(self._routes(selector))
+        snaps: list[_Snapshot] = []
         try:
-            chosen = self._chosen(snaps, selector)
-            result.selected = len(chosen)
-            result.missing = missing_ids(selector, (x.msg.id for x in chosen))
-            chosen.reverse()  # oldest first: replayed work keeps its original order
-            if options.dry_run:
-                for x in chosen:
-                    exchange, key = self._destination(x.msg, to_route)
-                    result.planned.append((x.msg, f"exchange {exchange!r} key {key!r}"))
-            elif chosen:
-                _Publisher(snaps[0].connection, self, result, progress).run(
-                    chosen, to_route, options
-                )
+            if selector.limit is None and not options.dry_run:
+                self._stream(selector, options, to_route, result, progress, snaps)
+            else:
+                snaps += self._snapshots(self._routes(selector))
+                chosen = self._chosen(snaps, selector)
+                result.selected = len(chosen)
+                result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+                chosen.reverse()  # oldest first: replayed work keeps its original order
+                if options.dry_run:
+                    for x in chosen:
+                        exchange, key = self._destination(x.msg, to_route)
+                        result.planned.append((x.msg, f"exchange {exchange!r} key {key!r}"))
+                elif chosen:
+                    _keep_unchosen(snaps, chosen)
+                    publisher = _Publisher(snaps[0].connection, self, result, progress)
+                    publisher.replay_options(to_route, options)
+                    for x in chosen:
+                        publisher.send(x)
+                    publisher.drain()
+        except pe.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                raise NotFound(f"a parking queue does not exist: {exc.reply_text}") from exc
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
         except (pe.AMQPError, OSError) as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
         finally:
             self._close(snaps)  # everything not acked goes back in place
         return result
+
+    def _stream(
+        self,
+        selector: Selector,
+        options: ReplayOptions,
+        to_route: Route | None,
+        result: ReplayResult,
+        progress: Progress,
+        snaps: list[_Snapshot],
+    ) -> None:
+        """Replay in queue order while reading: no limit means no need to see all first."""
+        conn = self._connect()
+        publisher = _Publisher(conn, self, result, progress)
+        publisher.replay_options(to_route, options)
+        seen: list[str] = []
+        for route in self._routes(selector):
+            snap = _Snapshot(conn, route, rabbit_names(self.topology, route).parking, read=False)
+            snaps.append(snap)
+            done = 0
+            while True:
+                while done < len(snap.held):
+                    held = snap.held[done]
+                    done += 1
+                    if selector.matches(held.msg):
+                        result.selected += 1
+                        seen.append(held.msg.id)
+                        publisher.send(held)
+                    else:
+                        snap.keep(held.tag)
+                if not snap.pump() and done == len(snap.held):
+                    break
+        publisher.drain()
+        result.missing = missing_ids(selector, seen)
 
     def purge(self, selector: Selector, progress: Progress = no_progress) -> ReplayResult:
         result = ReplayResult()
@@ -253,8 +323,9 @@ class RabbitParkingLot:
             chosen = self._chosen(snaps, selector)
             result.selected = result.replayed = len(chosen)
             result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+            _keep_unchosen(snaps, chosen)
             for x in chosen:
-                x.snapshot.ack(x.tag)
+                x.snapshot.leave(x.tag)
             progress(len(chosen))
             if snaps:
                 snaps[0].connection.process_data_events(time_limit=0)
@@ -281,6 +352,14 @@ class RabbitParkingLot:
         return result
 
 
+def _keep_unchosen(snaps: Sequence[_Snapshot], chosen: Sequence[_Held]) -> None:
+    picked = {id(x) for x in chosen}
+    for snap in snaps:
+        for held in snap.held:
+            if id(held) not in picked:
+                snap.keep(held.tag)
+
+
 class _Publisher:
     """Publishes with a window of unconfirmed messages; acts on each confirm as it comes."""
 
@@ -298,14 +377,26 @@ class _Publisher:
         self.channel = connection.channel()
         self.impl = self.channel._impl
         self.seq = 0
-        # publish sequence number -> (message id, what to do once confirmed)
-        self.pending: OrderedDict[int, tuple[str, Callable[[], None]]] = OrderedDict()
+        # publish sequence number -> (message id, on confirm, on failure)
+        self.pending: OrderedDict[int, tuple[str, Callable[[], None], Callable[[], None]]] = (
+            OrderedDict()
+        )
         self.returned: set[int] = set()
+        self.exchanges: dict[str, bool] = {"": True}  # the default exchange always exists
+        self.to_route: Route | None = None
+        self.options = ReplayOptions()
+        self.limiter = RateLimiter(None)
         ready: list[bool] = []
         self.impl.add_on_return_callback(self._on_return)
         self.impl.confirm_delivery(self._on_confirm, callback=lambda _f: ready.append(True))
         while not ready:
             connection.process_data_events(time_limit=0.01)
+
+    def replay_options(self, to_route: Route | None, options: ReplayOptions) -> None:
+        self.to_route = to_route
+        self.options = options
+        # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
+        self.limiter = RateLimiter(options.rate, sleep=self._serve)
 
     def _on_return(self, _ch: Any, _method: Any, props: pika.BasicProperties, _body: bytes) -> None:
         # mandatory publish that no queue accepted; its confirm (an ack) follows
@@ -324,13 +415,14 @@ class _Publisher:
             seqs = [method.delivery_tag] if method.delivery_tag in self.pending else []
         done = 0
         for seq in seqs:
-            msg_id, on_ok = self.pending.pop(seq)
+            msg_id, on_ok, on_fail = self.pending.pop(seq)
             if ok and seq not in self.returned:
                 on_ok()
                 done += 1
             else:
                 why = "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
                 self.result.fail(msg_id, why)
+                on_fail()
             self.returned.discard(seq)
         if done:
             self.progress(done)
@@ -342,6 +434,7 @@ class _Publisher:
         msg: ParkedMessage,
         headers: dict[str, Any],
         on_ok: Callable[[], None],
+        on_fail: Callable[[], None],
         *,
         mark: bool = True,
     ) -> None:
@@ -350,19 +443,32 @@ class _Publisher:
         self.seq += 1
         if mark:
             headers[h.PUBLISH_ID] = self.seq  # ties a basic.return to its publish
-        self.pending[self.seq] = (msg.id, on_ok)
-        self.impl.basic_publish(
-            exchange, key, msg.body, to_properties(msg, headers), mandatory=True
-        )
+        self.pending[self.seq] = (msg.id, on_ok, on_fail)
+        props = to_properties(msg, headers)
+        self.impl.basic_publish(exchange, key, msg.body, props, mandatory=True)
         if self.seq % 100 == 0:
             self.connection.process_data_events(time_limit=0)
 
-    def _drain(self) -> None:
+    def _exchange_exists(self, name: str) -> bool:
+        if name not in self.exchanges:
+            ch = self.connection.channel()
+            try:
+                ch.exchange_declare(name, passive=True)
+                ch.close()
+                self.exchanges[name] = True
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                self.exchanges[name] = False
+        return self.exchanges[name]
+
+    def drain(self) -> None:
         deadline = time.monotonic() + CONFIRM_TIMEOUT
         while self.pending and time.monotonic() < deadline and self.channel.is_open:
             self.connection.process_data_events(time_limit=0.01)
-        for msg_id, _ in self.pending.values():  # unconfirmed: still parked (not acked)
+        for msg_id, _, on_fail in self.pending.values():  # unconfirmed: still parked
             self.result.fail(msg_id, "no confirm from the broker in time")
+            on_fail()
         self.pending.clear()
         if self.channel.is_open:
             self.channel.close()
@@ -375,25 +481,21 @@ class _Publisher:
     def _count(self) -> None:
         self.result.replayed += 1
 
-    def run(self, chosen: Sequence[_Held], to_route: Route | None, options: ReplayOptions) -> None:
-        """Republish, and ack each parked copy once its republish is confirmed."""
-        plans = [(x, self.lot._destination(x.msg, to_route)) for x in chosen]
-        missing = self.lot._missing_exchanges(self.connection, {ex for _, (ex, _k) in plans})
-        # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
-        limiter = RateLimiter(options.rate, sleep=self._serve)
-        for held, (exchange, key) in plans:
-            if exchange in missing:
-                self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
-                continue
-            headers = reset_for_replay(held.msg.headers, keep_attempts=options.keep_attempts)
-            limiter.wait()
+    def send(self, held: _Held) -> None:
+        """Republish one parked message; its parked copy is acked once this is confirmed."""
+        exchange, key = self.lot._destination(held.msg, self.to_route)
+        if not self._exchange_exists(exchange):
+            self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
+            held.snapshot.keep(held.tag)
+            return
+        headers = reset_for_replay(held.msg.headers, keep_attempts=self.options.keep_attempts)
+        self.limiter.wait()
 
-            def on_ok(held: _Held = held) -> None:
-                held.snapshot.ack(held.tag)
-                self._count()
+        def on_ok() -> None:
+            held.snapshot.leave(held.tag)
+            self._count()
 
-            self._publish(exchange, key, held.msg, headers, on_ok)
-        self._drain()
+        self._publish(exchange, key, held.msg, headers, on_ok, lambda: held.snapshot.keep(held.tag))
 
     def park(self, messages: Sequence[ParkedMessage]) -> None:
         """Import: publish each message to its route's parking queue, unchanged."""
@@ -401,5 +503,5 @@ class _Publisher:
             queue = rabbit_names(self.lot.topology, self.lot.topology.route(msg.route)).parking
             # Unmarked: parked copies stay as exported. The queues were just read, so they
             # exist and the default exchange routes to them.
-            self._publish("", queue, msg, dict(msg.headers), self._count, mark=False)
-        self._drain()
+            self._publish("", queue, msg, dict(msg.headers), self._count, lambda: None, mark=False)
+        self.drain()

@@ -43,7 +43,7 @@ from dlq_router.policy import reset_for_replay
 from dlq_router.topology import Route, Topology
 
 PAGE = 1000
-BATCH = 500
+BATCH = 1000
 # kombu's Redis transport: priority n goes to queue + SEP + step, step = the largest of
 # PRIORITY_STEPS <= n (0 is the plain list). Consumers BRPOP the lists in step order.
 PRIORITY_STEPS = [0, 3, 6, 9]
@@ -68,13 +68,19 @@ class _Entry:
     envelope: dict[str, Any] | None  # None when the stored envelope cannot be read
 
 
-def decode(route: str, msg_id: str, raw: bytes) -> _Entry:
-    """A stored envelope as a ParkedMessage; an unreadable one keeps its raw bytes as body."""
+def decode(route: str, msg_id: str, raw: bytes, *, full: bool = True) -> _Entry:
+    """A stored envelope as a ParkedMessage; an unreadable one keeps its raw bytes as body.
+
+    ``full=False`` (replay, purge) reads only what selecting needs: headers, no body or
+    properties; the envelope itself is kept either way.
+    """
     try:
         env = json.loads(raw)
         props = dict(env.get("properties") or {})
         body = env["body"]
-        if props.get("body_encoding") == "base64":
+        if not full:
+            data = b""
+        elif props.get("body_encoding") == "base64":
             data = base64.b64decode(body)
         elif isinstance(body, str):
             data = body.encode("utf-8")
@@ -86,6 +92,8 @@ def decode(route: str, msg_id: str, raw: bytes) -> _Entry:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         bad = ParkedMessage(msg_id, route, {"dlq-envelope-error": str(exc)}, {}, raw)
         return _Entry(bad, None)
+    if not full:
+        return _Entry(ParkedMessage(msg_id, route, headers, {}, data), env)
     properties = {
         "content_type": env.get("content-type"),
         "content_encoding": env.get("content-encoding"),
@@ -147,11 +155,12 @@ class RedisParkingLot:
     def _routes(self, selector: Selector) -> list[Route]:
         return [r for r in self.topology.routes if selector.wants_route(r.name)]
 
-    def _fetch(self, route: Route, ids: Sequence[str]) -> list[_Entry]:
+    def _fetch(self, route: Route, ids: Sequence[str], *, full: bool = True) -> list[_Entry]:
         if not ids:
             return []
         raws: list[bytes | None] = self.client.hmget(self._keys(route).parked, list(ids))  # type: ignore[assignment]
-        return [decode(route.name, i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+        pairs = zip(ids, raws, strict=True)
+        return [decode(route.name, i, raw, full=full) for i, raw in pairs if raw]
 
     def _ids(self, route: Route, selector: Selector, *, newest: bool) -> Iterator[list[str]]:
         """Pages of ids in the selector's time window, by rank, newest (or oldest) first."""
@@ -220,18 +229,17 @@ class RedisParkingLot:
         }
 
     def _batches(
-        self, selector: Selector, batch: int, result: ReplayResult
+        self, selector: Selector, batch: int, result: ReplayResult, *, full: bool
     ) -> Iterator[tuple[Route, list[_Entry]]]:
         """Batches of matching entries, oldest first; also records --id values not found."""
         seen: set[str] = set()
         for name, ids in self._plan(selector).items():
             route = self.topology.route(name)
             for start in range(0, len(ids), batch):
-                entries = [
-                    e
-                    for e in self._fetch(route, ids[start : start + batch])
-                    if selector.matches(e.msg)
-                ]
+                entries = self._fetch(route, ids[start : start + batch], full=full)
+                if selector.header_filters or selector.ids:
+                    # the index already applied route and time window
+                    entries = [e for e in entries if selector.matches(e.msg)]
                 seen.update(e.msg.id for e in entries)
                 if entries:
                     result.selected += len(entries)
@@ -255,7 +263,10 @@ class RedisParkingLot:
             self._destination(self.topology.routes[0], options)  # fail before reading
         move = script(self.client, "parked_replay")
         try:
-            for route, entries in self._batches(selector, limiter.batch_size(BATCH), result):
+            batches = self._batches(
+                selector, limiter.batch_size(BATCH), result, full=options.dry_run
+            )
+            for route, entries in batches:
                 dest = self._destination(route, options)
                 if options.dry_run:
                     result.planned += [(e.msg, f"redis list {dest.queue}") for e in entries]
@@ -279,9 +290,9 @@ class RedisParkingLot:
                     continue
                 limiter.wait(len(args) // 3)
                 keys = self._keys(route)
-                moved = move(keys=[keys.parked, keys.parked_index, *lists], args=args)
-                result.replayed += len(moved)
-                result.skipped += len(args) // 3 - len(moved)
+                gone = move(keys=[keys.parked, keys.parked_index, *lists], args=args)
+                result.replayed += len(args) // 3 - len(gone)
+                result.skipped += len(gone)
                 progress(len(args) // 3)
         except rex.RedisError as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
@@ -308,7 +319,7 @@ class RedisParkingLot:
         result = ReplayResult()
         delete = script(self.client, "parked_purge")
         try:
-            for route, entries in self._batches(selector, BATCH, result):
+            for route, entries in self._batches(selector, BATCH, result, full=False):
                 keys = self._keys(route)
                 gone = delete(
                     keys=[keys.parked, keys.parked_index], args=[e.msg.id for e in entries]

@@ -6,17 +6,18 @@
 -- ARGV        triples: id, destination (1 = KEYS[3], 2 = KEYS[4], ...), new envelope
 --
 -- An id is moved only if it is still parked (a concurrent replay or purge may have taken
--- it); the new envelope (built by Python: attempts reset, new delivery tag) is LPUSHed,
--- as kombu does, and the parked copy removed in the same script, so nothing is lost or
--- doubled. Returns the ids that were moved.
-local moved = {}
+-- it: HDEL then returns 0); the new envelope (built by Python: attempts reset, new delivery
+-- tag) is LPUSHed, as kombu does, in the same script that removes the parked copy, so
+-- nothing is lost or doubled. Returns the ids that were NOT moved (usually none: a short
+-- reply keeps the client's parsing cheap).
+local gone = {}
 for i = 1, #ARGV, 3 do
     local id = ARGV[i]
-    if redis.call('HEXISTS', KEYS[1], id) == 1 then
-        redis.call('LPUSH', KEYS[2 + tonumber(ARGV[i + 1])], ARGV[i + 2])
-        redis.call('HDEL', KEYS[1], id)
+    if redis.call('HDEL', KEYS[1], id) == 1 then
         redis.call('ZREM', KEYS[2], id)
-        moved[#moved + 1] = id
+        redis.call('LPUSH', KEYS[2 + tonumber(ARGV[i + 1])], ARGV[i + 2])
+    else
+        gone[#gone + 1] = id
     end
 end
-return moved
+return gone
