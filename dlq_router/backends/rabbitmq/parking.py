@@ -147,26 +147,28 @@ class _Snapshot:
         return not self.finished
 
     def leave(self, tag: int) -> None:
-        """This message's republish is confirmed (or it is purged): remove it."""
-        if tag > self._kept_min:
-            self.channel._impl.basic_ack(tag)
-            return
+        """This message's republish is confirmed (or it is purged): remove it at ``flush``."""
         self._ready.add(tag)
+
+    def keep(self, tag: int) -> None:
+        """This message stays parked: no multiple ack may reach it from now on."""
+        if tag < self._kept_min:
+            self.flush()
+            self._kept_min = tag
+
+    def flush(self) -> None:
+        """Ack what has left: one multiple ack for the run from the last floor, singles after
+        the first message that stays."""
         top = self._floor
-        while top + 1 in self._ready:
+        while top + 1 in self._ready and top + 1 < self._kept_min:
             top += 1
             self._ready.discard(top)
         if top > self._floor:
             self.channel._impl.basic_ack(top, multiple=True)
             self._floor = top
-
-    def keep(self, tag: int) -> None:
-        """This message stays parked: no multiple ack may reach it from now on."""
-        if tag < self._kept_min:
-            self._kept_min = tag
-            for ready in sorted(t for t in self._ready if t > tag):
-                self.channel._impl.basic_ack(ready)
-                self._ready.discard(ready)
+        for tag in sorted(t for t in self._ready if t > self._kept_min):
+            self.channel._impl.basic_ack(tag)
+            self._ready.discard(tag)
 
     def close(self) -> None:
         if self.channel.is_open:
@@ -326,6 +328,8 @@ class RabbitParkingLot:
             _keep_unchosen(snaps, chosen)
             for x in chosen:
                 x.snapshot.leave(x.tag)
+            for snap in snaps:
+                snap.flush()
             progress(len(chosen))
             if snaps:
                 snaps[0].connection.process_data_events(time_limit=0)
@@ -383,6 +387,7 @@ class _Publisher:
         )
         self.returned: set[int] = set()
         self.exchanges: dict[str, bool] = {"": True}  # the default exchange always exists
+        self.snapshots: list[_Snapshot] = []  # where the replayed messages are held
         self.to_route: Route | None = None
         self.options = ReplayOptions()
         self.limiter = RateLimiter(None)
@@ -424,6 +429,8 @@ class _Publisher:
                 self.result.fail(msg_id, why)
                 on_fail()
             self.returned.discard(seq)
+        for snap in self.snapshots:  # one ack frame per confirm batch, not per message
+            snap.flush()
         if done:
             self.progress(done)
 
@@ -470,6 +477,8 @@ class _Publisher:
             self.result.fail(msg_id, "no confirm from the broker in time")
             on_fail()
         self.pending.clear()
+        for snap in self.snapshots:
+            snap.flush()
         if self.channel.is_open:
             self.channel.close()
 
@@ -483,6 +492,8 @@ class _Publisher:
 
     def send(self, held: _Held) -> None:
         """Republish one parked message; its parked copy is acked once this is confirmed."""
+        if held.snapshot not in self.snapshots:
+            self.snapshots.append(held.snapshot)
         exchange, key = self.lot._destination(held.msg, self.to_route)
         if not self._exchange_exists(exchange):
             self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
