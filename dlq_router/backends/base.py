@@ -10,11 +10,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dlq_router.metrics import Metrics
+
+if TYPE_CHECKING:  # parking.py imports ParkedMessage from here
+    from dlq_router.parking import ParkingLot
 
 PlanStatus = Literal["create", "unchanged", "conflict", "warning"]
 
@@ -59,7 +62,12 @@ class RouterContext:
 
 @dataclass(frozen=True)
 class ParkedMessage:
-    """A parked message, broker-neutral. ``body`` is opaque bytes and is never decoded here."""
+    """A parked message, broker-neutral. ``body`` is opaque bytes and is never decoded here.
+
+    ``properties`` uses AMQP property names (content_type, content_encoding, message_id,
+    correlation_id, priority, ...); on Redis it also keeps kombu's other envelope properties
+    (delivery_info, reply_to, ...) so that an export/import round trip loses nothing.
+    """
 
     id: str
     route: str
@@ -83,8 +91,9 @@ class Backend(Protocol):
         """Consume dead letters of every route until ``ctx.stop`` is set."""
         ...
 
-    def iter_parked(self, route: str | None = None) -> Iterator[ParkedMessage]:
-        """Every parked message (newest first), without consuming or reordering them."""
+    @property
+    def parking(self) -> ParkingLot:
+        """The parking lot of every route: list, show, replay, purge, import."""
         ...
 
     def close(self) -> None: ...

@@ -8,6 +8,7 @@ import typer
 
 from dlq_router import __version__
 from dlq_router.cli import declare as _declare
+from dlq_router.cli import parked, replay
 
 app = typer.Typer(
     name="dlq-router",
@@ -34,6 +35,8 @@ def _root(
 
 
 app.command("declare")(_declare.declare)
+app.command("replay")(replay.replay)
+app.add_typer(parked.app, name="parked")
 
 
 def main() -> None:

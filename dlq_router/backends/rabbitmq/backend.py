@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import pika
 
-from dlq_router.backends.base import DeclareReport, ParkedMessage, RouterContext
+from dlq_router.backends.base import DeclareReport, RouterContext
 from dlq_router.backends.rabbitmq import declare as _declare
 from dlq_router.backends.rabbitmq.connection import connect
+from dlq_router.backends.rabbitmq.parking import RabbitParkingLot
 from dlq_router.backends.rabbitmq.spec import topology_specs
 from dlq_router.topology import Topology
 
@@ -39,8 +39,9 @@ class RabbitBackend:
 
         run(self.topology, ctx)
 
-    def iter_parked(self, route: str | None = None) -> Iterator[ParkedMessage]:
-        raise NotImplementedError("parking lot on RabbitMQ: issue 5")
+    @property
+    def parking(self) -> RabbitParkingLot:
+        return RabbitParkingLot(lambda: self.connection, self.topology)
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:

@@ -10,6 +10,7 @@ import contextlib
 
 from dlq_router.backends.base import DeclareReport, RouterContext
 from dlq_router.backends.redis.connection import RedisClient, connect
+from dlq_router.backends.redis.parking import RedisParkingLot
 from dlq_router.topology import Topology
 
 
@@ -30,6 +31,10 @@ class RedisBackend:
         from dlq_router.backends.redis.router import run
 
         run(self.topology, ctx)
+
+    @property
+    def parking(self) -> RedisParkingLot:
+        return RedisParkingLot(self.client, self.topology)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

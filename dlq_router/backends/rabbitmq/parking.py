@@ -1,0 +1,518 @@
+"""The parking lot on RabbitMQ: one parking queue per route, read without changing it.
+
+AMQP has no peek. Every operation takes a *snapshot*: it consumes the queue's whole depth
+(as reported by a passive declare) without acking, on its own channel, with a prefetch that
+covers the depth. Closing that channel hands every unacked message back to the broker in
+its original position, not redelivered to anyone else meanwhile. Replay and purge ack only
+the messages they moved (after the republish was confirmed) before closing. A snapshot reads
+the whole queue: that is the cost of listing (see docs-parking.md for figures).
+
+The consumer is registered on pika's underlying channel (``channel._impl``): BlockingChannel's
+own cancel rejects its buffered messages one by one before the close, which would put them
+back ahead of the ones already delivered on a quorum queue. The same channel object also
+gives asynchronous publisher confirms, so replay keeps a window of publishes in flight
+instead of one round trip per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+from pika.spec import Basic
+
+from dlq_router import headers as h
+from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq.connection import describe
+from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
+from dlq_router.names import rabbit_names
+from dlq_router.parking import (
+    Progress,
+    RateLimiter,
+    ReplayOptions,
+    ReplayResult,
+    Selector,
+    missing_ids,
+    no_progress,
+    parked_at,
+    select,
+)
+from dlq_router.policy import reset_for_replay
+from dlq_router.topology import Route, Topology
+
+# AMQP basic properties kept verbatim (headers travel separately).
+AMQP_PROPERTIES = (
+    "content_type",
+    "content_encoding",
+    "delivery_mode",
+    "priority",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "message_id",
+    "timestamp",
+    "type",
+    "user_id",
+    "app_id",
+    "cluster_id",
+)
+MAX_PREFETCH = 65535  # basic.qos prefetch-count is 16 bits; 0 = unlimited
+IDLE_TIMEOUT = 5.0  # a snapshot stops short of the depth after this long without a delivery
+CONFIRM_TIMEOUT = 30.0
+WINDOW = 1000  # republished messages awaiting the broker's confirm (the duplicate bound)
+
+
+def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:
+    headers = dict(props.headers or {})
+    properties = {k: getattr(props, k) for k in AMQP_PROPERTIES if getattr(props, k) is not None}
+    msg_id = h.as_text(headers.get(h.ID)) or props.message_id
+    if not msg_id:  # not parked by dlq-router: derive a stable id from the content
+        digest = hashlib.sha1(body + repr(sorted(headers.items())).encode(), usedforsecurity=False)
+        msg_id = "sha1-" + digest.hexdigest()[:16]
+    return ParkedMessage(str(msg_id), route, headers, properties, body)
+
+
+def to_properties(msg: ParkedMessage, headers: dict[str, Any]) -> pika.BasicProperties:
+    """AMQP properties of ``msg``; properties from another broker (kombu's) are left out."""
+    kept = {k: v for k, v in msg.properties.items() if k in AMQP_PROPERTIES and v is not None}
+    return pika.BasicProperties(headers=headers, **kept)
+
+
+@dataclass
+class _Held:
+    tag: int
+    msg: ParkedMessage
+    snapshot: _Snapshot
+
+
+class _Snapshot:
+    """Every message of one parking queue, held unacked; ``close`` puts the rest back in place.
+
+    Acks: a message that leaves is acked once its republish is confirmed. While every earlier
+    delivery also leaves, one ``multiple`` ack covers the whole run (a replay of everything
+    sends one ack per confirm batch, not per message); past the first message that stays,
+    acks are single so that nothing that stays is acked.
+    """
+
+    def __init__(
+        self, connection: pika.BlockingConnection, route: Route, queue: str, *, read: bool = True
+    ) -> None:
+        self.connection = connection
+        self.route = route
+        self.queue = queue
+        self.held: list[_Held] = []
+        self.channel = connection.channel()
+        self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
+        self.short = 0  # messages not read because another consumer holds them
+        self._floor = 0  # every delivery tag <= floor is acked
+        self._ready: set[int] = set()  # confirmed, waiting to be covered by a multiple ack
+        self._kept_min: float = float("inf")  # lowest tag that stays parked
+        self._last, self._seen = time.monotonic(), 0
+        if self.depth:
+            prefetch = self.depth if self.depth <= MAX_PREFETCH else 0
+            self.channel.basic_qos(prefetch_count=prefetch)
+            self.channel._impl.basic_consume(queue, self._on_message, auto_ack=False)
+        if read:
+            while self.pump():
+                pass
+
+    def _on_message(
+        self, _ch: Any, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
+    ) -> None:
+        msg = to_message(self.route.name, props, body)
+        self.held.append(_Held(method.delivery_tag, msg, self))
+
+    @property
+    def finished(self) -> bool:
+        return len(self.held) >= self.depth or self.short > 0
+
+    def pump(self) -> bool:
+        """Read what has arrived; False once the whole depth (or all that is free) is read."""
+        if self.finished:
+            return False
+        self.connection.process_data_events(time_limit=0.01)
+        if len(self.held) != self._seen:
+            self._last, self._seen = time.monotonic(), len(self.held)
+        elif time.monotonic() - self._last > IDLE_TIMEOUT:
+            # Another listing or replay holds the rest (unacked, so not ready for us).
+            self.short = self.depth - len(self.held)
+        return not self.finished
+
+    def leave(self, tag: int) -> None:
+        """This message's republish is confirmed (or it is purged): remove it at ``flush``."""
+        self._ready.add(tag)
+
+    def keep(self, tag: int) -> None:
+        """This message stays parked: no multiple ack may reach it from now on."""
+        if tag < self._kept_min:
+            self.flush()
+            self._kept_min = tag
+
+    def flush(self) -> None:
+        """Ack what has left: one multiple ack for the run from the last floor, singles after
+        the first message that stays."""
+        top = self._floor
+        while top + 1 in self._ready and top + 1 < self._kept_min:
+            top += 1
+            self._ready.discard(top)
+        if top > self._floor:
+            self.channel._impl.basic_ack(top, multiple=True)
+            self._floor = top
+        for tag in sorted(t for t in self._ready if t > self._kept_min):
+            self.channel._impl.basic_ack(tag)
+            self._ready.discard(tag)
+
+    def close(self) -> None:
+        if self.channel.is_open:
+            self.channel.close()
+
+
+class RabbitParkingLot:
+    def __init__(self, connect: Callable[[], pika.BlockingConnection], topology: Topology) -> None:
+        self._connect = connect
+        self.topology = topology
+
+    def _routes(self, selector: Selector) -> list[Route]:
+        return [r for r in self.topology.routes if selector.wants_route(r.name)]
+
+    def _snapshots(self, routes: Sequence[Route]) -> list[_Snapshot]:
+        conn = self._connect()
+        snaps: list[_Snapshot] = []
+        try:
+            for route in routes:
+                snaps.append(_Snapshot(conn, route, rabbit_names(self.topology, route).parking))
+        except pe.ChannelClosedByBroker as exc:
+            self._close(snaps)
+            if exc.reply_code == 404:
+                raise NotFound(
+                    f"parking queue of route {route.name!r} does not exist "
+                    "(run `dlq-router declare` first)"
+                ) from exc
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        except (pe.AMQPError, OSError) as exc:
+            self._close(snaps)
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        return snaps
+
+    @staticmethod
+    def _close(snaps: Sequence[_Snapshot]) -> None:
+        for snap in snaps:
+            # a dead channel has returned its messages already
+            with contextlib.suppress(pe.AMQPError, OSError):
+                snap.close()
+
+    @staticmethod
+    def _chosen(snaps: Sequence[_Snapshot], selector: Selector) -> list[_Held]:
+        """Held messages that ``selector`` picks, newest first (queue order breaks ties)."""
+        held = [x for snap in snaps for x in reversed(snap.held)]
+        held.sort(key=lambda x: -parked_at(x.msg))  # stable: later in the queue = newer
+        by_msg = {id(x.msg): x for x in held}
+        return [by_msg[id(m)] for m in select((x.msg for x in held), selector)]
+
+    def iter(self, selector: Selector) -> Iterator[ParkedMessage]:
+        snaps = self._snapshots(self._routes(selector))
+        try:
+            chosen = [x.msg for x in self._chosen(snaps, selector)]
+        finally:
+            self._close(snaps)
+        yield from chosen
+
+    def get(self, msg_id: str, route: str | None = None) -> ParkedMessage:
+        selector = Selector(routes=(route,) if route else (), ids=frozenset([msg_id]))
+        for msg in self.iter(selector):
+            return msg
+        raise NotFound(f"no parked message with id {msg_id!r}")
+
+    # ----------------------------------------------------------------- moving
+
+    def _destination(self, msg: ParkedMessage, to_route: Route | None) -> tuple[str, str]:
+        """(exchange, routing key): --to-route, else the recorded origin, else its route."""
+        if to_route is None:
+            exchange = h.as_text(msg.headers.get(h.ORIGIN_EXCHANGE))
+            key = h.as_text(msg.headers.get(h.ORIGIN_ROUTING_KEY))
+            if exchange is not None and key is not None:
+                return exchange, key
+            to_route = self.topology.route(msg.route)
+        names = rabbit_names(self.topology, to_route)
+        return names.work_exchange, names.routing_key
+
+    def replay(
+        self, selector: Selector, options: ReplayOptions, progress: Progress = no_progress
+    ) -> ReplayResult:
+        to_route = None
+        if options.to_route is not None:
+            try:
+                to_route = self.topology.route(options.to_route)
+            except KeyError as exc:
+                raise UsageError(f"--to-route: {exc.args[0]}") from None
+        result = ReplayResult(dry_run=options.dry_run)
+        snaps: list[_Snapshot] = []
+        try:
+            if selector.limit is None and not options.dry_run:
+                self._stream(selector, options, to_route, result, progress, snaps)
+            else:
+                snaps += self._snapshots(self._routes(selector))
+                chosen = self._chosen(snaps, selector)
+                result.selected = len(chosen)
+                result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+                chosen.reverse()  # oldest first: replayed work keeps its original order
+                if options.dry_run:
+                    for x in chosen:
+                        exchange, key = self._destination(x.msg, to_route)
+                        result.planned.append((x.msg, f"exchange {exchange!r} key {key!r}"))
+                elif chosen:
+                    _keep_unchosen(snaps, chosen)
+                    publisher = _Publisher(snaps[0].connection, self, result, progress)
+                    publisher.replay_options(to_route, options)
+                    for x in chosen:
+                        publisher.send(x)
+                    publisher.drain()
+        except pe.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                raise NotFound(f"a parking queue does not exist: {exc.reply_text}") from exc
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            self._close(snaps)  # everything not acked goes back in place
+        return result
+
+    def _stream(
+        self,
+        selector: Selector,
+        options: ReplayOptions,
+        to_route: Route | None,
+        result: ReplayResult,
+        progress: Progress,
+        snaps: list[_Snapshot],
+    ) -> None:
+        """Replay in queue order while reading: no limit means no need to see all first."""
+        conn = self._connect()
+        publisher = _Publisher(conn, self, result, progress)
+        publisher.replay_options(to_route, options)
+        seen: list[str] = []
+        for route in self._routes(selector):
+            snap = _Snapshot(conn, route, rabbit_names(self.topology, route).parking, read=False)
+            snaps.append(snap)
+            done = 0
+            while True:
+                while done < len(snap.held):
+                    held = snap.held[done]
+                    done += 1
+                    if selector.matches(held.msg):
+                        result.selected += 1
+                        seen.append(held.msg.id)
+                        publisher.send(held)
+                    else:
+                        snap.keep(held.tag)
+                if not snap.pump() and done == len(snap.held):
+                    break
+        publisher.drain()
+        result.missing = missing_ids(selector, seen)
+
+    def purge(self, selector: Selector, progress: Progress = no_progress) -> ReplayResult:
+        result = ReplayResult()
+        snaps = self._snapshots(self._routes(selector))
+        try:
+            chosen = self._chosen(snaps, selector)
+            result.selected = result.replayed = len(chosen)
+            result.missing = missing_ids(selector, (x.msg.id for x in chosen))
+            _keep_unchosen(snaps, chosen)
+            for x in chosen:
+                x.snapshot.leave(x.tag)
+            for snap in snaps:
+                snap.flush()
+            progress(len(chosen))
+            if snaps:
+                snaps[0].connection.process_data_events(time_limit=0)
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            self._close(snaps)
+        return result
+
+    def put(
+        self, messages: Sequence[ParkedMessage], progress: Progress = no_progress
+    ) -> ReplayResult:
+        """Publish to the parking queues (confirmed); ids already parked there are skipped."""
+        result = ReplayResult(selected=len(messages))
+        routes = {m.route for m in messages}
+        present = {m.id for m in self.iter(Selector(routes=tuple(sorted(routes))))}
+        todo = [m for m in messages if m.id not in present]
+        result.skipped = len(messages) - len(todo)
+        try:
+            publisher = _Publisher(self._connect(), self, result, progress)
+            publisher.park(todo)
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        return result
+
+
+def _keep_unchosen(snaps: Sequence[_Snapshot], chosen: Sequence[_Held]) -> None:
+    picked = {id(x) for x in chosen}
+    for snap in snaps:
+        for held in snap.held:
+            if id(held) not in picked:
+                snap.keep(held.tag)
+
+
+class _Publisher:
+    """Publishes with a window of unconfirmed messages; acts on each confirm as it comes."""
+
+    def __init__(
+        self,
+        connection: pika.BlockingConnection,
+        lot: RabbitParkingLot,
+        result: ReplayResult,
+        progress: Progress,
+    ) -> None:
+        self.connection = connection
+        self.lot = lot
+        self.result = result
+        self.progress = progress
+        self.channel = connection.channel()
+        self.impl = self.channel._impl
+        self.seq = 0
+        # publish sequence number -> (message id, on confirm, on failure)
+        self.pending: OrderedDict[int, tuple[str, Callable[[], None], Callable[[], None]]] = (
+            OrderedDict()
+        )
+        self.returned: set[int] = set()
+        self.exchanges: dict[str, bool] = {"": True}  # the default exchange always exists
+        self.snapshots: list[_Snapshot] = []  # where the replayed messages are held
+        self.to_route: Route | None = None
+        self.options = ReplayOptions()
+        self.limiter = RateLimiter(None)
+        ready: list[bool] = []
+        self.impl.add_on_return_callback(self._on_return)
+        self.impl.confirm_delivery(self._on_confirm, callback=lambda _f: ready.append(True))
+        while not ready:
+            connection.process_data_events(time_limit=0.01)
+
+    def replay_options(self, to_route: Route | None, options: ReplayOptions) -> None:
+        self.to_route = to_route
+        self.options = options
+        # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
+        self.limiter = RateLimiter(options.rate, sleep=self._serve)
+
+    def _on_return(self, _ch: Any, _method: Any, props: pika.BasicProperties, _body: bytes) -> None:
+        # mandatory publish that no queue accepted; its confirm (an ack) follows
+        seq = h.as_ms((props.headers or {}).get(h.PUBLISH_ID))
+        if seq is not None:
+            self.returned.add(seq)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        ok = isinstance(method, Basic.Ack)
+        # Single confirms may come out of order (an unroutable message is acked at once,
+        # before earlier ones that wait for a queue); `multiple` covers every seq up to tag.
+        if method.multiple:
+            seqs = list(itertools.takewhile(lambda s: s <= method.delivery_tag, self.pending))
+        else:
+            seqs = [method.delivery_tag] if method.delivery_tag in self.pending else []
+        done = 0
+        for seq in seqs:
+            msg_id, on_ok, on_fail = self.pending.pop(seq)
+            if ok and seq not in self.returned:
+                on_ok()
+                done += 1
+            else:
+                why = "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
+                self.result.fail(msg_id, why)
+                on_fail()
+            self.returned.discard(seq)
+        for snap in self.snapshots:  # one ack frame per confirm batch, not per message
+            snap.flush()
+        if done:
+            self.progress(done)
+
+    def _publish(
+        self,
+        exchange: str,
+        key: str,
+        msg: ParkedMessage,
+        headers: dict[str, Any],
+        on_ok: Callable[[], None],
+        on_fail: Callable[[], None],
+        *,
+        mark: bool = True,
+    ) -> None:
+        while len(self.pending) >= WINDOW:
+            self.connection.process_data_events(time_limit=0.01)
+        self.seq += 1
+        if mark:
+            headers[h.PUBLISH_ID] = self.seq  # ties a basic.return to its publish
+        self.pending[self.seq] = (msg.id, on_ok, on_fail)
+        props = to_properties(msg, headers)
+        self.impl.basic_publish(exchange, key, msg.body, props, mandatory=True)
+        if self.seq % 100 == 0:
+            self.connection.process_data_events(time_limit=0)
+
+    def _exchange_exists(self, name: str) -> bool:
+        if name not in self.exchanges:
+            ch = self.connection.channel()
+            try:
+                ch.exchange_declare(name, passive=True)
+                ch.close()
+                self.exchanges[name] = True
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                self.exchanges[name] = False
+        return self.exchanges[name]
+
+    def drain(self) -> None:
+        deadline = time.monotonic() + CONFIRM_TIMEOUT
+        while self.pending and time.monotonic() < deadline and self.channel.is_open:
+            self.connection.process_data_events(time_limit=0.01)
+        for msg_id, _, on_fail in self.pending.values():  # unconfirmed: still parked
+            self.result.fail(msg_id, "no confirm from the broker in time")
+            on_fail()
+        self.pending.clear()
+        for snap in self.snapshots:
+            snap.flush()
+        if self.channel.is_open:
+            self.channel.close()
+
+    def _serve(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self.connection.process_data_events(time_limit=left)
+
+    def _count(self) -> None:
+        self.result.replayed += 1
+
+    def send(self, held: _Held) -> None:
+        """Republish one parked message; its parked copy is acked once this is confirmed."""
+        if held.snapshot not in self.snapshots:
+            self.snapshots.append(held.snapshot)
+        exchange, key = self.lot._destination(held.msg, self.to_route)
+        if not self._exchange_exists(exchange):
+            self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
+            held.snapshot.keep(held.tag)
+            return
+        headers = reset_for_replay(held.msg.headers, keep_attempts=self.options.keep_attempts)
+        self.limiter.wait()
+
+        def on_ok() -> None:
+            held.snapshot.leave(held.tag)
+            self._count()
+
+        self._publish(exchange, key, held.msg, headers, on_ok, lambda: held.snapshot.keep(held.tag))
+
+    def park(self, messages: Sequence[ParkedMessage]) -> None:
+        """Import: publish each message to its route's parking queue, unchanged."""
+        for msg in messages:
+            queue = rabbit_names(self.lot.topology, self.lot.topology.route(msg.route)).parking
+            # Unmarked: parked copies stay as exported. The queues were just read, so they
+            # exist and the default exchange routes to them.
+            self._publish("", queue, msg, dict(msg.headers), self._count, lambda: None, mark=False)
+        self.drain()
