@@ -8,6 +8,8 @@ import typer
 
 from dlq_router import __version__
 from dlq_router.cli import declare as _declare
+from dlq_router.cli import demo as _demo
+from dlq_router.cli import run as _run
 
 app = typer.Typer(
     name="dlq-router",
@@ -34,6 +36,8 @@ def _root(
 
 
 app.command("declare")(_declare.declare)
+app.command("run")(_run.run)
+app.command("demo")(_demo.demo)
 
 
 def main() -> None:
