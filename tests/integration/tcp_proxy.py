@@ -20,6 +20,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = False
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.accepted = 0
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -45,10 +47,10 @@ class TcpProxy:
             for src, dst in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self.flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -56,6 +58,13 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+    def pause(self) -> None:
+        """Stop forwarding in both directions (a network that silently stalls)."""
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
 
     def cut(self) -> None:
         """Drop every connection made through the proxy (new ones are still accepted)."""
@@ -70,4 +79,5 @@ class TcpProxy:
         with self._lock:
             self._closed = True
         self.listener.close()
+        self.flowing.set()
         self.cut()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,7 @@ def test_undeclared_topology_is_fatal(make_topology: TopologyFactory, tmp_path: 
     result = run_cli(make_topology(), tmp_path)
     assert result.exit_code == 2, result.output
     assert "does not exist: run `dlq-router declare` first" in result.output
+    assert result.output.count("error:") == 1
 
 
 @pytest.mark.parametrize(
@@ -198,3 +200,62 @@ def test_unknown_route_is_a_usage_error(make_topology: TopologyFactory, tmp_path
     result = run_cli(make_topology(), tmp_path, "--route", "nope")
     assert result.exit_code == 2
     assert "no route named 'nope'" in result.output
+
+
+# ---- lifecycle -----------------------------------------------------------------------
+
+
+def test_unreachable_broker_backs_off_and_stays_alive(
+    make_topology: TopologyFactory, uid: str, tmp_path: Path
+) -> None:
+    topology = make_topology(routes=[route_dict(uid)])
+    declare(topology)
+    proc = RouterProcess(topology, tmp_path, proxy=True).start()
+    try:
+        assert proc.proxy is not None
+        proc.proxy.close()  # cut, and refuse every reconnect
+        wait_for(lambda: "in 2.0s" in proc.output, 10, "three reconnect attempts")
+        out = proc.output
+        assert out.index("in 0.5s") < out.index("in 1.0s") < out.index("in 2.0s")
+        assert proc.get("/readyz")[0] == 503
+        assert proc.get("/healthz")[0] == 200
+        assert proc.metric("dlq_router_reconnects_total") >= 3
+        assert proc.terminate(timeout=10) == 0
+    finally:
+        proc.close()
+
+
+def test_second_signal_closes_at_once_while_confirms_are_outstanding(
+    make_topology: TopologyFactory, uid: str, tmp_path: Path
+) -> None:
+    topology = make_topology(routes=[route_dict(uid)])
+    declare(topology)
+    driver = RabbitDriver(topology, topology.routes[0])
+    proc = RouterProcess(topology, tmp_path, proxy=True, args=("--shutdown-timeout", "60"))
+    n = 2000
+    try:
+        proc.start()
+        assert proc.proxy is not None and proc.proc is not None
+        origin = {h.ORIGIN_EXCHANGE: uid, h.ORIGIN_ROUTING_KEY: uid}
+        for i in range(n):
+            driver.inject_dead_letter(b"s", origin, message_id=f"s-{i}")
+        wait_for(lambda: driver.counts()["dlq"] < n, 5, "the router to take dead letters")
+        proc.proxy.pause()  # confirms (and the close handshake) can no longer arrive
+        proc.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert proc.proc.poll() is None, "drained although confirms could not arrive"
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.proc.wait(5) == 0
+        assert time.monotonic() - started < 2
+        assert "second signal" in proc.output
+        proc.proxy.close()  # the broker sees the router's socket close: unacked return
+        counts = wait_for(
+            lambda: (c := driver.counts())["dlq"] + c["retry"] + c["work"] >= n and c,
+            10,
+            "every dead letter back in the DLQ or routed",
+        )
+        assert counts["parked"] == 0
+    finally:
+        proc.close()
+        driver.close()

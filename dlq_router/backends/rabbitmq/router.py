@@ -39,6 +39,8 @@ from dlq_router.topology import Route, Topology
 TICK = 0.2  # how often the ioloop looks at the stop flags
 HOLD_FIRST, HOLD_MAX = 0.5, 30.0  # requeue delay of a held dead letter, doubling
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
+CLOSE_TIMEOUT = 5.0  # how long a clean close may take before the socket is just dropped
+HEALTHY_AFTER = 10.0  # consuming this long resets the reconnect backoff
 HOLD_LOG_EVERY = 5.0  # at most one "held" warning per route per this many seconds
 
 # State of a delivery (DLQ delivery tag) until it is acked or requeued.
@@ -138,6 +140,16 @@ def preflight(topology: Topology, client_name: str) -> None:
                         ) from exc
                     missing.append(queue)
                     ch = conn.channel()
+            # Publishing to a missing exchange closes the channel (not a basic.return).
+            try:
+                ch.exchange_declare(names.retry_exchange, passive=True)
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise BrokerUnavailable(
+                        f"exchange {names.retry_exchange!r}: {exc.reply_code} {exc.reply_text}"
+                    ) from exc
+                missing.append(names.retry_exchange)
+                ch = conn.channel()
     except (pe.AMQPConnectionError, OSError) as exc:
         raise BrokerUnavailable(describe(exc, topology.url)) from exc
     finally:
@@ -145,9 +157,7 @@ def preflight(topology: Topology, client_name: str) -> None:
             conn.close()
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UsageError(
-            f"queue {missing[0]!r}{more} does not exist: run `dlq-router declare` first"
-        )
+        raise UsageError(f"{missing[0]!r}{more} does not exist: run `dlq-router declare` first")
 
 
 class Router:
@@ -178,8 +188,11 @@ class Router:
         self.seq = 0
         self.consumer_tags: list[str] = []
         self.consuming = False
+        self.consuming_since = 0.0
         self.draining = False
         self.drain_deadline = 0.0
+        self.closing = False
+        self.close_deadline = 0.0
         self.frame_max = pika.spec.FRAME_MAX_SIZE
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -204,7 +217,7 @@ class Router:
                 self.connection.ioloop.close()
             if self.ctx.stop.is_set():
                 break
-            if self.consuming:
+            if self.consuming and time.monotonic() - self.consuming_since > HEALTHY_AFTER:
                 delay = RECONNECT_FIRST  # it worked for a while: start the backoff over
             self.log.warning("reconnecting to %s in %.1fs", self.params.host, delay)
             self.ctx.metrics.reconnects.inc()
@@ -214,25 +227,31 @@ class Router:
         self.log.info("router stopped")
 
     def _tick(self) -> None:
-        """Runs every TICK seconds: the only place the stop flags are read."""
+        """Runs every TICK seconds until the ioloop stops: the only reader of the flags."""
         if self.ctx.abort.is_set():
+            # Second signal: no handshake, no waiting. Unacked dead letters return to the
+            # DLQ when the broker sees the socket close (at the latest, on process exit).
             self.log.warning("second signal: closing now; unacked dead letters stay in the DLQ")
-            self._close()
+            self.connection.ioloop.stop()
             return
         if self.ctx.stop.is_set():
+            now = time.monotonic()
             if not self.draining:
                 self._begin_drain()
-            if not self.pending:
-                self._finish()
-                return
-            if time.monotonic() > self.drain_deadline:
-                self.log.warning(
-                    "%d republish(es) still unconfirmed after %.0fs; their dead letters "
-                    "stay in the DLQ",
-                    len(self.pending),
-                    self.ctx.shutdown_timeout,
-                )
-                self._finish()
+            if not self.closing:
+                if not self.pending:
+                    self._finish()
+                elif now > self.drain_deadline:
+                    self.log.warning(
+                        "%d republish(es) still unconfirmed after %.0fs; their dead letters "
+                        "stay in the DLQ",
+                        len(self.pending),
+                        self.ctx.shutdown_timeout,
+                    )
+                    self._finish()
+            elif now > self.close_deadline:
+                self.log.warning("the broker did not answer the close; dropping the connection")
+                self.connection.ioloop.stop()
                 return
         self.connection.ioloop.call_later(TICK, self._tick)
 
@@ -246,6 +265,10 @@ class Router:
                 self.channel.basic_cancel(tag)
 
     def _finish(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.close_deadline = time.monotonic() + CLOSE_TIMEOUT
         if self.channel is not None and self.channel.is_open:
             self._flush()
         self._close()
@@ -295,6 +318,7 @@ class Router:
         if self.consuming or len(self.consumer_tags) < len(self.routes):
             return
         self.consuming = True
+        self.consuming_since = time.monotonic()
         self.ctx.metrics.set_ready(True)
         queues = ", ".join(r.names.dlq for r in self.routes)
         self.log.info("consuming %d dead-letter queue(s): %s", len(self.routes), queues)
