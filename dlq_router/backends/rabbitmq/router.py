@@ -14,6 +14,7 @@ is *held*: the dead letter stays unacked and is requeued after a growing delay.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -232,7 +233,7 @@ class Router:
             # Second signal: no handshake, no waiting. Unacked dead letters return to the
             # DLQ when the broker sees the socket close (at the latest, on process exit).
             self.log.warning("second signal: closing now; unacked dead letters stay in the DLQ")
-            self.connection.ioloop.stop()
+            self._drop()
             return
         if self.ctx.stop.is_set():
             now = time.monotonic()
@@ -251,9 +252,20 @@ class Router:
                     self._finish()
             elif now > self.close_deadline:
                 self.log.warning("the broker did not answer the close; dropping the connection")
-                self.connection.ioloop.stop()
+                self._drop()
                 return
         self.connection.ioloop.call_later(TICK, self._tick)
+
+    def _drop(self) -> None:
+        """Close the socket without the AMQP handshake; the broker returns every unacked
+        dead letter to the DLQ when it sees the socket go. This is how pika itself ends a
+        connection on a fatal error (``_terminate_stream``); ``_on_closed`` then stops the
+        ioloop. The timer is a fallback should a pika version lack that hook."""
+        terminate = getattr(self.connection, "_terminate_stream", None)
+        if terminate is not None and not (self.connection.is_closed):
+            with contextlib.suppress(Exception):  # best effort on a connection being dropped
+                terminate(pe.ConnectionClosedByClient(320, "dlq-router: aborted"))
+        self.connection.ioloop.call_later(1.0, self.connection.ioloop.stop)
 
     def _begin_drain(self) -> None:
         self.log.info("stopping: no new dead letters, waiting for %d confirm(s)", len(self.pending))
