@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import time
 from collections.abc import Iterator
@@ -14,8 +15,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dlq_router import headers as h
+from dlq_router.backends.rabbitmq import message
 from dlq_router.backends.rabbitmq.message import header_frame_size
 from dlq_router.cli import app
+from dlq_router.policy import Failure, decide
 from dlq_router.topology import Topology
 from tests.conftest import TopologyFactory, route_dict
 from tests.integration.rabbit_driver import RabbitDriver
@@ -77,6 +80,40 @@ def test_headers_that_would_not_fit_a_frame_lose_the_error_text_not_the_message(
     assert h.ERROR_MESSAGE not in msg.headers
     assert msg.headers[h.ATTEMPTS] == 1
     assert "dropped router text headers" in proc.output
+
+
+def _frame(headers: dict[str, Any]) -> int:
+    return header_frame_size(pika.BasicProperties(headers=headers))
+
+
+def test_headers_that_fit_only_without_router_headers_park_as_oversized(setup: Any) -> None:
+    driver, proc = setup()
+    route = driver.route
+    origin = {h.ORIGIN_EXCHANGE: route.exchange, h.ORIGIN_ROUTING_KEY: route.routing_key}
+    # Size the foreign header so the minimal park (foreign + route/attempts/reason/ids)
+    # fits with 10 bytes to spare while a retry (foreign + every router header) cannot.
+    minimal = message.minimal_park({"x-big": ""}, route.name, 1, 2**40, "f" * 24)
+    minimal[h.PUBLISH_ID] = 1
+    filler = FRAME_MAX - _frame(minimal) - 10
+    retry = decide(
+        route,
+        Failure(headers={**origin, "x-big": "b" * filler}),
+        now_ms=2**40,
+        rng=random.Random(0),
+        message_id="x",
+        continuous_jitter=False,
+    ).headers
+    retry[h.PUBLISH_ID] = 1
+    assert _frame(message.slim(retry)) > FRAME_MAX  # precondition of this test
+    incoming = {**origin, "x-big": "b" * filler}
+    assert _frame(incoming) <= FRAME_MAX
+    driver.inject_dead_letter(b"oversized", incoming)
+    (parked,) = wait_parked(driver)
+    assert h.as_text(parked.headers[h.PARK_REASON]) == "oversized"
+    assert parked.headers["x-big"] == incoming["x-big"]
+    assert parked.headers[h.ATTEMPTS] == 1
+    assert parked.body == b"oversized"
+    assert "parking it as oversized" in proc.output
 
 
 def test_unroutable_retry_is_parked_as_unroutable(setup: Any, amqp: Any) -> None:
