@@ -190,18 +190,23 @@ def cleanup(ch: Any, topology: Topology) -> None:
             ch.exchange_delete(spec.name)
 
 
-def router_rate(ch: Any, conn: Any, n: int, uid: str, workdir: Path, prefetch: int) -> float:
+def router_rate(
+    ch: Any, conn: Any, n: int, uid: str, workdir: Path, prefetch: int, processes: int = 1
+) -> float:
     topology = bench_topology(uid, "1h", "rate")
     names = rabbit_names(topology, topology.routes[0])
     declare(conn, URL, topology_specs(topology), dry_run=False)
     try:
         route = topology.routes[0].name
         preload(ch, names.dlq, n, lambda i: dead_letter_headers(i, route))
-        proc = start_router(topology, workdir, "--prefetch", str(prefetch))
+        procs = [
+            start_router(topology, workdir, "--prefetch", str(prefetch)) for _ in range(processes)
+        ]
         try:
             return measure_move(ch, names.dlq, names.tiers[0].lanes[0].queue, n)
         finally:
-            stop(proc)
+            for proc in procs:
+                stop(proc)
     finally:
         cleanup(ch, topology)
 
@@ -268,6 +273,7 @@ def main() -> None:
     parser.add_argument("--prefetch", type=int, default=500)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--processes", type=int, default=1, help="router processes on the same DLQ")
     args = parser.parse_args()
     uid = "bench" + uuid.uuid4().hex[:8]
     conn = connect(URL, client_name="dlq-router bench")
@@ -277,8 +283,11 @@ def main() -> None:
         print(f"N={args.n} messages of {len(BODY)} bytes with Celery-style headers", flush=True)
         shovel = shovel_rate(ch, args.n, uid)
         print(f"shovel (ack-mode on-confirm): {shovel:10.0f} msg/s", flush=True)
-        router = router_rate(ch, conn, args.n, uid, workdir, args.prefetch)
-        print(f"router (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s", flush=True)
+        router = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
+        print(
+            f"router x{args.processes} (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s",
+            flush=True,
+        )
         print(f"ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
         samples = lateness(conn, uid, workdir, args.rate, args.seconds)
     with contextlib.suppress(Exception):
@@ -300,6 +309,7 @@ def main() -> None:
         "lateness_ms": late,
         "lateness_samples": len(samples),
         "rate_per_s": args.rate,
+        "router_processes": args.processes,
     }
     print(json.dumps(result))
 
