@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
 import os
 import time
 import uuid
@@ -168,6 +169,7 @@ class Router:
         self.ctx = ctx
         self.log = ctx.log
         self.url = topology.url
+        self.debug = self.log.isEnabledFor(logging.DEBUG)  # per-message lines only then
         self.params = parameters(topology.url, client_name=client_name)
         self.user = self.params.credentials.username
         self.routes = [_Route(r, rabbit_names(topology, r), ctx.metrics) for r in topology.routes]
@@ -463,11 +465,20 @@ class Router:
             return
         if isinstance(decision, Retry):
             r.retries[decision.tier].inc()
+            if self.debug:
+                self.log.debug(
+                    "retry message_id=%s attempt %d on %s tier, due in %d ms",
+                    p.props.message_id,
+                    decision.attempts,
+                    r.route.name,
+                    decision.delay_ms,
+                )
         else:
             r.parked[decision.reason].inc()
             r.hold_streak = 0
             self.log.info(
-                "parked a dead letter from %s: %s (%s)",
+                "parked message_id=%s from %s: %s (%s)",
+                p.props.message_id,
                 r.names.dlq,
                 decision.reason,
                 decision.detail,
