@@ -27,6 +27,9 @@ PARK_DETAIL = "dlq-park-detail"
 PARKED_AT = "dlq-parked-at"
 ID = "dlq-id"  # stable id of a parked message
 PUBLISH_ID = "dlq-publish-id"  # correlates basic.return with a publish (RabbitMQ)
+# AMQP properties the router cannot republish as they were (RabbitMQ), kept as headers:
+ORIGINAL_EXPIRATION = "dlq-original-expiration"  # per-message TTL would fight the tier TTL
+ORIGINAL_USER_ID = "dlq-original-user-id"  # RabbitMQ refuses a user_id that is not ours
 
 # Written by RabbitMQ when it dead-letters. Stripped before republishing: a message that
 # cycles back into a queue it has passed through is dropped when the cycle has no rejection.

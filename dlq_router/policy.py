@@ -26,6 +26,7 @@ ParkReason = Literal[
     "invalid_header",  # a router header holds a value of the wrong type
     "unroutable",  # the retry tier did not accept it (deleted queue, say)
     "malformed",  # the transport envelope itself could not be read (Redis)
+    "oversized",  # its headers plus ours do not fit one AMQP frame (RabbitMQ)
 ]
 PARK_REASONS: tuple[str, ...] = ParkReason.__args__  # type: ignore[attr-defined]
 

@@ -8,7 +8,9 @@ import typer
 
 from dlq_router import __version__
 from dlq_router.cli import declare as _declare
+from dlq_router.cli import demo as _demo
 from dlq_router.cli import parked, replay
+from dlq_router.cli import run as _run
 
 app = typer.Typer(
     name="dlq-router",
@@ -35,8 +37,10 @@ def _root(
 
 
 app.command("declare")(_declare.declare)
-app.command("replay")(replay.replay)
+app.command("run")(_run.run)
 app.add_typer(parked.app, name="parked")
+app.command("replay")(replay.replay)
+app.command("demo")(_demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,107 @@
+"""``dlq-router run``: the sidecar that routes dead letters until it is told to stop."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+
+from dlq_router import logs
+from dlq_router.backends.base import RouterContext
+from dlq_router.cli.common import TopologyOpt, UrlOpt, backend_for, cli_errors, load
+from dlq_router.errors import UsageError
+from dlq_router.metrics import Metrics, serve
+from dlq_router.topology import Topology
+from dlq_router.urls import redact_url
+
+
+def select_routes(topology: Topology, names: list[str]) -> Topology:
+    """The topology restricted to ``names`` (all routes when empty)."""
+    if not names:
+        return topology
+    known = {r.name for r in topology.routes}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"no route named {unknown[0]!r} (routes: {', '.join(sorted(known))})")
+    routes = [r for r in topology.routes if r.name in names]
+    return topology.model_copy(update={"routes": routes})
+
+
+@contextmanager
+def stop_on_signals(ctx: RouterContext) -> Iterator[None]:
+    """First SIGTERM/SIGINT: drain and stop. Second: close at once."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if ctx.stop.is_set():
+            ctx.abort.set()
+        else:
+            ctx.log.info("%s received: draining", signal.Signals(signum).name)
+            ctx.stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run(
+    topology: TopologyOpt,
+    url: UrlOpt = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option("--route", help="Only this route (repeatable). Default: every route."),
+    ] = None,
+    prefetch: Annotated[
+        int, typer.Option(min=1, max=65535, help="Dead letters in flight at once.")
+    ] = 500,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /metrics, /healthz, /readyz on this port (0: any free port)."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address the metrics server binds.")] = (
+        "127.0.0.1"
+    ),
+    shutdown_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for outstanding confirms on stop.")
+    ] = 10.0,
+    log_format: Annotated[
+        logs.LogFormat, typer.Option(help="text (readable) or json (one object per line).")
+    ] = "text",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Route dead letters of every route: retry on the next delay tier, or park.
+
+    Runs until SIGTERM/SIGINT: the first signal stops consuming, waits for outstanding
+    confirms (at most --shutdown-timeout seconds) and exits 0; a second one closes at once.
+    Unacked dead letters return to the DLQ, so nothing in flight is lost.
+    """
+    with cli_errors():
+        topo = select_routes(load(topology, url), route or [])
+        logs.configure(log_format, log_level, secrets=[urlsplit(topo.url).password or ""])
+        ctx = RouterContext(metrics=Metrics(), prefetch=prefetch, shutdown_timeout=shutdown_timeout)
+        server = None
+        if metrics_port is not None:
+            try:
+                server = serve(ctx.metrics, metrics_port, metrics_host)
+            except OSError as exc:
+                where = f"{metrics_host}:{metrics_port}"
+                raise UsageError(f"cannot serve metrics on {where}: {exc}") from exc
+            ctx.log.info(
+                "metrics on http://%s:%d/metrics (/healthz, /readyz)",
+                metrics_host,
+                server.server_port,
+            )
+        ctx.log.info("dlq-router run on %s, %d route(s)", redact_url(topo.url), len(topo.routes))
+        try:
+            with stop_on_signals(ctx), backend_for(topo) as backend:
+                backend.run_router(ctx)
+        finally:
+            if server is not None:
+                server.shutdown()
+                server.server_close()

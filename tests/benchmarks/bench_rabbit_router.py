@@ -1,0 +1,318 @@
+"""Benchmark: the RabbitMQ router against RabbitMQ's own shovel, plus delay accuracy.
+
+Run (brokers up, from the repository root)::
+
+    .venv/bin/python tests/benchmarks/bench_rabbit_router.py [--n 20000] [--rate 1000]
+
+1. Baseline: a dynamic shovel (ack-mode on-confirm) moves N preloaded messages
+   queue-to-queue.
+2. The router (``python -m dlq_router run``, a subprocess) routes N preloaded dead letters
+   of the same shape into a tier queue (1 h TTL, so they stay) with publisher confirms.
+   Both rates are measured the same way: from the first message leaving the source queue
+   to the last one arriving (for the router: confirmed, acked, DLQ empty).
+3. Delay accuracy: dead letters fed at --rate per second for --seconds through a 1 s tier;
+   lateness = arrival back in the work queue minus ``dlq-retry-due-at``.
+
+Everything uses unique names and is deleted at the end. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pika
+import yaml
+
+from dlq_router import headers as h
+from dlq_router.backends.rabbitmq.connection import connect
+from dlq_router.backends.rabbitmq.declare import declare
+from dlq_router.backends.rabbitmq.spec import (
+    ExchangeSpec,
+    QueueSpec,
+    topology_specs,
+)
+from dlq_router.names import rabbit_names
+from dlq_router.topology import Topology, parse_topology
+
+URL = os.environ.get("DLQ_ROUTER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+BODY = b"\x80\x04" + os.urandom(254)  # 256 opaque bytes (a pickle-ish body)
+
+
+def celery_headers(i: int) -> dict[str, Any]:
+    task_id = f"{uuid.UUID(int=i)}"
+    return {
+        "lang": "py",
+        "task": "tasks.send_email",
+        "id": task_id,
+        "root_id": task_id,
+        "parent_id": None,
+        "retries": 0,
+        "origin": "gen1@bench",
+    }
+
+
+def dead_letter_headers(i: int, route: str) -> dict[str, Any]:
+    """What the broker writes when the work queue rejects a message."""
+    return {
+        **celery_headers(i),
+        "x-death": [
+            {
+                "count": 1,
+                "reason": "rejected",
+                "queue": route,
+                "exchange": route,
+                "routing-keys": [route],
+            }
+        ],
+        "x-first-death-reason": "rejected",
+        "x-first-death-queue": route,
+        "x-first-death-exchange": route,
+    }
+
+
+def props(headers: dict[str, Any], i: int) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        headers=headers,
+        message_id=f"m-{i}",
+        content_type="application/x-python-serialize",
+        content_encoding="binary",
+        delivery_mode=2,
+    )
+
+
+def preload(ch: Any, queue: str, n: int, make_headers: Any) -> None:
+    for i in range(n):
+        ch.basic_publish("", queue, BODY, props(make_headers(i), i))
+    ch.queue_declare(queue, passive=True)  # a round trip: everything before it arrived
+    while depth(ch, queue) < n:
+        time.sleep(0.05)
+
+
+def depth(ch: Any, queue: str) -> int:
+    count: int = ch.queue_declare(queue, passive=True).method.message_count
+    return count
+
+
+def measure_move(ch: Any, src: str, dst: str, n: int, timeout: float = 300) -> float:
+    """Messages/s from the first one leaving ``src`` until ``dst`` has all and src is empty."""
+    deadline = time.monotonic() + timeout
+    while depth(ch, src) >= n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing left {src}")
+        time.sleep(0.002)
+    start = time.monotonic()
+    while depth(ch, dst) < n or depth(ch, src) > 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{dst} has {depth(ch, dst)} of {n}")
+        time.sleep(0.005)
+    return n / (time.monotonic() - start)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+
+
+def shovel_rate(ch: Any, n: int, uid: str) -> float:
+    plugins = subprocess.run(
+        ["rabbitmq-plugins", "list", "-e", "rabbitmq_shovel"], capture_output=True, text=True
+    )
+    if "rabbitmq_shovel " not in plugins.stdout:
+        print("enabling rabbitmq_shovel ...", flush=True)
+        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_shovel"], check=True)
+    src, dst, name = f"{uid}.shovel.src", f"{uid}.shovel.dst", f"{uid}-shovel"
+    for q in (src, dst):
+        ch.queue_declare(q, durable=True)
+    try:
+        preload(ch, src, n, celery_headers)
+        uri = URL.replace("/%2F", "")  # the shovel's URI form for the default vhost
+        definition = {
+            "src-protocol": "amqp091",
+            "src-uri": uri,
+            "src-queue": src,
+            "dest-protocol": "amqp091",
+            "dest-uri": uri,
+            "dest-queue": dst,
+            "ack-mode": "on-confirm",
+            "src-delete-after": "never",
+        }
+        rabbitmqctl("set_parameter", "shovel", name, json.dumps(definition))
+        try:
+            return measure_move(ch, src, dst, n)
+        finally:
+            rabbitmqctl("clear_parameter", "shovel", name)
+    finally:
+        for q in (src, dst):
+            ch.queue_delete(q)
+
+
+def bench_topology(uid: str, delay: str, name: str) -> Topology:
+    route = {
+        "name": f"{uid}-{name}",
+        "exchange": f"{uid}-{name}",
+        "retry": {"delays": [delay], "max_attempts": 1000},
+    }
+    return parse_topology({"url": URL, "routes": [route]}, source="<bench>")
+
+
+def start_router(topology: Topology, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
+    path = workdir / f"{topology.routes[0].name}.yaml"
+    path.write_text(yaml.safe_dump(topology.model_dump(mode="json")))
+    log = (workdir / f"{topology.routes[0].name}.log").open("wb")
+    cmd = [sys.executable, "-m", "dlq_router", "run", "-t", str(path), *extra]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def cleanup(ch: Any, topology: Topology) -> None:
+    for spec in topology_specs(topology):
+        if isinstance(spec, QueueSpec):
+            ch.queue_delete(spec.name)
+        elif isinstance(spec, ExchangeSpec):
+            ch.exchange_delete(spec.name)
+
+
+def router_rate(
+    ch: Any, conn: Any, n: int, uid: str, workdir: Path, prefetch: int, processes: int = 1
+) -> float:
+    topology = bench_topology(uid, "1h", "rate")
+    names = rabbit_names(topology, topology.routes[0])
+    declare(conn, URL, topology_specs(topology), dry_run=False)
+    try:
+        route = topology.routes[0].name
+        preload(ch, names.dlq, n, lambda i: dead_letter_headers(i, route))
+        procs = [
+            start_router(topology, workdir, "--prefetch", str(prefetch)) for _ in range(processes)
+        ]
+        try:
+            return measure_move(ch, names.dlq, names.tiers[0].lanes[0].queue, n)
+        finally:
+            for proc in procs:
+                stop(proc)
+    finally:
+        cleanup(ch, topology)
+
+
+def consume_lateness(queue: str, total: int, out: Any) -> None:
+    """In its own process (no GIL shared with the feeder): lateness of each arrival, ms."""
+    samples: list[float] = []
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=1000)
+    idle = 0
+    for method, p, _ in ch.consume(queue, auto_ack=True, inactivity_timeout=1):
+        if method is None:
+            idle += 1
+            if idle > 5 or len(samples) >= total:
+                break
+            continue
+        idle = 0
+        samples.append(time.time() * 1000 - int(p.headers[h.RETRY_DUE_AT]))
+        if len(samples) >= total:
+            break
+    conn.close()
+    out.send(samples)
+
+
+def lateness(conn: Any, uid: str, workdir: Path, rate: int, seconds: float) -> list[float]:
+    topology = bench_topology(uid, "1s", "delay")
+    names = rabbit_names(topology, topology.routes[0])
+    declare(conn, URL, topology_specs(topology), dry_run=False)
+    total = int(rate * seconds)
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    consumer = multiprocessing.Process(
+        target=consume_lateness, args=(names.work_queue, total, sender)
+    )
+    proc = start_router(topology, workdir)
+    try:
+        consumer.start()
+        time.sleep(1.5)  # router and consumer connected
+        pch = conn.channel()
+        route = topology.routes[0].name
+        headers = {h.ORIGIN_EXCHANGE: route, h.ORIGIN_ROUTING_KEY: route}
+        started = time.monotonic()
+        for i in range(total):
+            target = started + i / rate
+            while (now := time.monotonic()) < target:
+                time.sleep(min(0.001, target - now))
+            pch.basic_publish("", names.dlq, BODY, props({**headers, "i": i}, i))
+        samples: list[float] = receiver.recv() if receiver.poll(seconds + 30) else []
+        consumer.join(10)
+    finally:
+        stop(proc)
+        cleanup(conn.channel(), topology)
+    return samples
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=20000)
+    parser.add_argument("--prefetch", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--processes", type=int, default=1, help="router processes on the same DLQ")
+    args = parser.parse_args()
+    uid = "bench" + uuid.uuid4().hex[:8]
+    conn = connect(URL, client_name="dlq-router bench")
+    ch = conn.channel()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print(f"N={args.n} messages of {len(BODY)} bytes with Celery-style headers", flush=True)
+        shovel = shovel_rate(ch, args.n, uid)
+        print(f"shovel (ack-mode on-confirm): {shovel:10.0f} msg/s", flush=True)
+        router = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
+        print(
+            f"router x{args.processes} (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s",
+            flush=True,
+        )
+        print(f"ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
+        samples = lateness(conn, uid, workdir, args.rate, args.seconds)
+    with contextlib.suppress(Exception):
+        conn.close()
+    late = {
+        "p50": round(statistics.median(samples), 2),
+        "p99": round(pct(samples, 0.99), 2),
+        "max": round(max(samples), 2),
+    }
+    print(
+        f"lateness at {args.rate}/s through a 1 s tier ({len(samples)} samples): "
+        f"p50 {late['p50']} ms, p99 {late['p99']} ms, max {late['max']} ms (target p99 <= 10)"
+    )
+    result = {
+        "n": args.n,
+        "shovel_msgs_per_s": round(shovel),
+        "router_msgs_per_s": round(router),
+        "ratio": round(router / shovel, 3),
+        "lateness_ms": late,
+        "lateness_samples": len(samples),
+        "rate_per_s": args.rate,
+        "router_processes": args.processes,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
