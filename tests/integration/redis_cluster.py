@@ -1,7 +1,8 @@
-"""A throwaway local Redis Cluster: three masters on free loopback ports in a temp dir.
+"""Throwaway local Redis servers: a 3-master Cluster, or one server with given settings.
 
 ``redis_cluster_url`` (module scope) yields ``redis+cluster://127.0.0.1:PORT`` and tears the
-cluster down afterwards (processes killed, directory removed).
+cluster down afterwards (processes killed, directory removed). ``local_server(*args)`` does
+the same for a single ``redis-server`` started with extra arguments.
 """
 
 from __future__ import annotations
@@ -86,6 +87,44 @@ def local_cluster(masters: int = 3) -> Iterator[str]:
         for proc in procs:
             proc.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class LocalRedis:
+    """One plain redis-server on a free loopback port; ``stop``/``start`` simulate an outage."""
+
+    def __init__(self, args: tuple[str, ...]) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="dlq-router-redis-")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        where = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.tmp]
+        self.proc = subprocess.Popen(
+            ["redis-server", *where, *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait(lambda: _ask(self.port, "PING"), "redis-server start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@contextlib.contextmanager
+def local_server(*args: str) -> Iterator[LocalRedis]:
+    """One plain redis-server started with extra ``args``; removed afterwards."""
+    server = LocalRedis(args)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(server.tmp, ignore_errors=True)
 
 
 def _ask(port: int, *command: str) -> object:

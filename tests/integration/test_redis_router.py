@@ -27,7 +27,10 @@ from dlq_router.metrics import Metrics
 from dlq_router.topology import Topology, parse_topology
 from tests.conftest import REDIS_URL, route_dict
 from tests.integration.drivers import BrokerDriver, Received
-from tests.integration.redis_cluster import redis_cluster_url  # noqa: F401 - fixture
+from tests.integration.redis_cluster import (
+    local_server,
+    redis_cluster_url,  # noqa: F401 - fixture
+)
 from tests.integration.redis_driver import RedisDriver
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -372,3 +375,26 @@ class TestRedisOnly:
         assert props.pop("delivery_tag") != sent_props.pop("delivery_tag")
         assert props == sent_props
         assert again["headers"]["x-foreign"] == [1, "a"]
+
+
+def test_router_reconnects_after_redis_restarts(uid: str) -> None:
+    with local_server("--save", "", "--appendonly", "no") as server:
+        url = server.url
+        topology = parse_topology({"url": url, "routes": [route_dict(uid)]}, source="<test>")
+        driver = RedisDriver(topology, topology.routes[0])
+        router = RouterThread(topology)
+        try:
+            driver.publish(b"before", message_id="c-1")
+            driver.fail(receive(driver))
+            assert receive(driver).body == b"before"
+            server.stop()
+            wait_for(lambda: not router.ctx.metrics.is_ready(), 10, "not ready while down")
+            server.start()
+            wait_for(router.ctx.metrics.is_ready, 15, "ready again")
+            assert router.sample("dlq_router_reconnects_total") >= 1
+            driver.publish(b"after", message_id="c-2")
+            driver.fail(receive(driver))
+            assert receive(driver).body == b"after"
+        finally:
+            router.stop()
+            driver.close()
