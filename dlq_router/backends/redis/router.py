@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -207,27 +208,32 @@ class Claimer:
         return Item("r", member, payload, decision.due_at_ms, tier)
 
     def account(self, rk: RouteKeys, items: list[Item], statuses: str) -> None:
+        """Count a batch's outcomes (one counter update per label, not per message)."""
         m, name = self.ctx.metrics, rk.route.name
-        for item, status in zip(items, statuses, strict=True):
+        outcomes = Counter(zip(statuses, (item.label for item in items), strict=True))
+        for (status, label), n in outcomes.items():
             if status == "r":
-                m.dead_letters.labels(name).inc()
-                m.retries.labels(name, item.label).inc()
+                m.dead_letters.labels(name).inc(n)
+                m.retries.labels(name, label).inc(n)
             elif status == "p":
-                m.dead_letters.labels(name).inc()
-                m.parked.labels(name, item.label).inc()
+                m.dead_letters.labels(name).inc(n)
+                m.parked.labels(name, label).inc(n)
             elif status == "h":
-                m.publish_failures.labels(name, "parking_full").inc()
+                m.publish_failures.labels(name, "parking_full").inc(n)
                 self.ctx.log.warning(
-                    "%s: parking lot full (max_length %s, reject-publish); holding a %s "
-                    "dead letter in %s and trying again in %.0fs",
+                    "%s: parking lot full (max_length %s, reject-publish); holding %d %s "
+                    "dead letter(s) in %s and trying again in %.0fs",
                     name,
                     rk.route.parking.max_length,
-                    item.label,
+                    n,
+                    label,
                     rk.keys.inflight,
                     HOLD_MS / 1000,
                 )
             else:
-                self.ctx.log.info("%s: lease lost to another router; it routes this one", name)
+                self.ctx.log.info(
+                    "%s: %d lease(s) lost to another router, which routes them", name, n
+                )
 
 
 def run(topology: Topology, ctx: RouterContext) -> None:
