@@ -398,3 +398,21 @@ def test_router_reconnects_after_redis_restarts(uid: str) -> None:
         finally:
             router.stop()
             driver.close()
+
+
+def test_router_stops_within_a_second_and_leaves_nothing_leased(uid: str) -> None:
+    topology = parse_topology({"url": REDIS_URL, "routes": [route_dict(uid)]}, source="<test>")
+    driver = RedisDriver(topology, topology.routes[0])
+    try:
+        for i in range(300):
+            driver.inject_dead_letter(b"s", {"n": i})
+        router = RouterThread(topology)
+        started = time.monotonic()
+        router.stop()
+        assert time.monotonic() - started < 1.5
+        counts = driver.counts()
+        assert driver.client.zcard(driver.keys.inflight) == 0
+        assert counts["dlq"] + counts["retry"] + counts["work"] == 300
+    finally:
+        driver.cleanup()
+        driver.close()
