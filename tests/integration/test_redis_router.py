@@ -358,6 +358,29 @@ class TestRedisOnly:
         assert parked.body == raw
         assert parked.headers["dlq-park-reason"] == "malformed"
 
+    def test_held_dead_letters_are_parked_once_there_is_room(
+        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
+    ) -> None:
+        topology, driver = make_driver(parking={"max_length": 1})
+        start_router(topology)
+        for i in range(2):
+            driver.inject_dead_letter(b"h", {"dlq-error-type": "ValueError", "n": i})
+        wait_counts(driver, parked=1, dlq=1)
+        assert isinstance(driver, RedisDriver)
+        (first,) = driver.client.zrange(driver.keys.parked_index, 0, -1)
+        driver.client.hdel(driver.keys.parked, first)  # an operator removes one
+        driver.client.zrem(driver.keys.parked_index, first)
+        wait_counts(driver, parked=1, dlq=0, timeout=5)  # hold 2 s + recovery tick 1 s
+
+    def test_retention_drops_old_parked_messages(
+        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
+    ) -> None:
+        topology, driver = make_driver(parking={"retention": "300ms"})
+        start_router(topology)
+        driver.inject_dead_letter(b"old", {"dlq-error-type": "ValueError"})
+        wait_counts(driver, parked=1, timeout=2)
+        wait_counts(driver, parked=0, timeout=3)  # maintenance runs every second
+
     def test_envelope_fields_survive_except_delivery_tag(self, driver: RedisDriver) -> None:
         driver.publish(b"\x00binary\xff", message_id="e-1", headers={"x-foreign": [1, "a"]})
         first = receive(driver)

@@ -43,7 +43,8 @@ LEASE_MS = 5_000
 # A park refused by a full parking lot (overflow: reject-publish) stays leased this long,
 # then goes back to the dead-letter list and is examined again.
 HOLD_MS = 2_000
-CLAIM_BATCH = 200
+# Dead letters claimed per script call: ctx.prefetch, capped (a batch is one route.lua call).
+MAX_CLAIM_BATCH = 1_000
 RECOVER_LIMIT = 1_000
 MAINTENANCE_EVERY_S = 1.0
 IDLE_MIN_S, IDLE_MAX_S = 0.005, 0.1
@@ -112,6 +113,7 @@ class Claimer:
         self.ctx = ctx
         self.mover = mover
         self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
+        self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
         claim, route_batch = script(client, "claim"), script(client, "route")
@@ -157,7 +159,7 @@ class Claimer:
         k = rk.keys
         now = self.ctx.now_ms()
         members: list[bytes] = claim(
-            keys=[k.dlq, k.inflight, k.seq], args=[CLAIM_BATCH, now + LEASE_MS]
+            keys=[k.dlq, k.inflight, k.seq], args=[self.batch, now + LEASE_MS]
         )
         if not members:
             return 0
