@@ -122,13 +122,17 @@ class Claimer:
         last_maintenance = time.monotonic()
         idle = IDLE_MIN_S
         while not halt.is_set():
-            claimed = sum(self.claim_route(rk, claim, route_batch) for rk in self.routes)
+            claimed = [self.claim_route(rk, claim, route_batch) for rk in self.routes]
             self.ctx.metrics.set_ready(True)
             if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
                 self.maintain(recover, expire)
                 last_maintenance = time.monotonic()
-            if claimed:
+            if max(claimed) >= self.batch:
+                idle = IDLE_MIN_S  # a backlog: claim again at once
+            elif any(claimed):
+                # Drained: wait a moment so a trickle is routed in batches, not one by one.
                 idle = IDLE_MIN_S
+                halt.wait(idle)
             else:
                 # Redis cannot block on a list and lease into a zset in one step, so an idle
                 # router polls, backing off to IDLE_MAX_S (one cheap EVALSHA per route).
