@@ -1,6 +1,7 @@
 """The Redis run loop: claim dead letters, decide, route each batch in one Lua call.
 
-Two threads, each with its own connection: the claimer (this thread) leases dead letters
+Two working threads, each with its own connection (plus one that turns ``ctx.stop`` into
+the internal halt flag): the claimer (the calling thread) leases dead letters
 (claim.lua), asks the policy what to do, applies every decision of the batch atomically
 (route.lua) and recovers expired leases (recover.lua); the mover (mover.py) pushes due
 retries back to the work list. A crash between claim and route leaves the batch leased in
