@@ -1,0 +1,291 @@
+"""The Redis run loop: claim dead letters, decide, route each batch in one Lua call.
+
+Two working threads, each with its own connection (plus one that turns ``ctx.stop`` into
+the internal halt flag): the claimer (the calling thread) leases dead letters
+(claim.lua), asks the policy what to do, applies every decision of the batch atomically
+(route.lua) and recovers expired leases (recover.lua); the mover (mover.py) pushes due
+retries back to the work list. A crash between claim and route leaves the batch leased in
+``{q}:inflight``; it goes back to the dead-letter list when the lease expires. At least
+once: a recovered batch may be routed again after a crash, never lost.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.exceptions as rex
+
+from dlq_router import headers as h
+from dlq_router.backends.base import RouterContext
+from dlq_router.backends.redis import envelope
+from dlq_router.backends.redis.connection import (
+    CONNECTION_ERRORS,
+    RedisClient,
+    connect,
+    describe,
+    script,
+)
+from dlq_router.backends.redis.mover import Mover
+from dlq_router.durations import format_duration_ms
+from dlq_router.errors import BrokerError, BrokerUnavailable
+from dlq_router.names import RedisKeys, redis_keys
+from dlq_router.policy import Failure, Park, decide, park_headers
+from dlq_router.topology import Route, Topology
+
+# A claimed batch is routed within milliseconds; a router that has not finished it after
+# the lease is presumed dead and the batch is recovered (a late router then skips it).
+LEASE_MS = 5_000
+# A park refused by a full parking lot (overflow: reject-publish) stays leased this long,
+# then goes back to the dead-letter list and is examined again.
+HOLD_MS = 2_000
+# Dead letters claimed per script call: ctx.prefetch, capped (a batch is one route.lua call).
+MAX_CLAIM_BATCH = 1_000
+RECOVER_LIMIT = 1_000
+MAINTENANCE_EVERY_S = 1.0
+IDLE_MIN_S, IDLE_MAX_S = 0.005, 0.1
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
+
+
+@dataclass(frozen=True)
+class RouteKeys:
+    route: Route
+    keys: RedisKeys
+
+
+@dataclass(frozen=True)
+class Item:
+    """One decision, as route.lua takes it."""
+
+    op: str  # "r" retry / "p" park
+    member: bytes  # the claimed inflight member
+    payload: str  # retry member or parked envelope
+    arg: int | str  # due ms / parked id
+    label: str  # tier (retry) or park reason, for metrics
+
+
+def supervise(
+    name: str, url: str, ctx: RouterContext, halt: threading.Event, body: Callable[[Any], None]
+) -> None:
+    """Run ``body(client)`` until it returns; reconnect with capped backoff when Redis drops.
+
+    Errors that are not about the connection (a WRONGTYPE key, say) end the router with a
+    ``BrokerError``: retrying them would only loop.
+    """
+    delay = BACKOFF_MIN_S
+    while not halt.is_set():
+        started = time.monotonic()
+        try:
+            client = connect(url, client_name=f"dlq-router-{name}")
+        except BrokerUnavailable as exc:
+            ctx.metrics.set_ready(False)
+            ctx.log.warning("%s: %s; retrying in %.1fs", name, exc, delay)
+            halt.wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+            continue
+        try:
+            body(client)
+            return
+        except CONNECTION_ERRORS as exc:
+            ctx.metrics.set_ready(False)
+            ctx.metrics.reconnects.inc()
+            if time.monotonic() - started > 30:
+                delay = BACKOFF_MIN_S  # it worked for a while: start the backoff again
+            ctx.log.warning(
+                "%s: lost Redis (%s); reconnecting in %.1fs", name, describe(exc, url), delay
+            )
+            halt.wait(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        except rex.RedisError as exc:
+            raise BrokerError(describe(exc, url)) from exc
+        finally:
+            client.close()
+
+
+class Claimer:
+    """Lease dead letters, decide, route them; recover expired leases now and then."""
+
+    def __init__(self, topology: Topology, ctx: RouterContext, mover: Mover) -> None:
+        self.ctx = ctx
+        self.mover = mover
+        self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
+        self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
+
+    def run(self, client: RedisClient, halt: threading.Event) -> None:
+        claim, route_batch = script(client, "claim"), script(client, "route")
+        recover, expire = script(client, "recover"), script(client, "expire_parked")
+        self.maintain(recover, expire)
+        last_maintenance = time.monotonic()
+        idle = IDLE_MIN_S
+        while not halt.is_set():
+            claimed = [self.claim_route(rk, claim, route_batch) for rk in self.routes]
+            self.ctx.metrics.set_ready(True)
+            if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
+                self.maintain(recover, expire)
+                last_maintenance = time.monotonic()
+            if max(claimed) >= self.batch:
+                idle = IDLE_MIN_S  # a backlog: claim again at once
+            elif any(claimed):
+                # Drained: wait a moment so a trickle is routed in batches, not one by one.
+                idle = IDLE_MIN_S
+                halt.wait(idle)
+            else:
+                # Redis cannot block on a list and lease into a zset in one step, so an idle
+                # router polls, backing off to IDLE_MAX_S (one cheap EVALSHA per route).
+                halt.wait(idle)
+                idle = min(idle * 2, IDLE_MAX_S)
+
+    def maintain(self, recover: Any, expire: Any) -> None:
+        """Return expired leases to the dead-letter list; apply parking retention."""
+        for rk in self.routes:
+            k = rk.keys
+            while True:
+                n = int(recover(keys=[k.inflight, k.dlq], args=[self.ctx.now_ms(), RECOVER_LIMIT]))
+                if n:
+                    self.ctx.log.info("%s: recovered %d dead letter(s) from leases", k.dlq, n)
+                if n < RECOVER_LIMIT:
+                    break
+            retention = rk.route.parking.retention
+            if retention is not None:
+                cutoff = self.ctx.now_ms() - retention
+                while True:
+                    n = int(expire(keys=[k.parked, k.parked_index], args=[cutoff, RECOVER_LIMIT]))
+                    if n:
+                        self.ctx.log.info("%s: dropped %d past retention", k.parked, n)
+                    if n < RECOVER_LIMIT:
+                        break
+
+    def claim_route(self, rk: RouteKeys, claim: Any, route_batch: Any) -> int:
+        k = rk.keys
+        now = self.ctx.now_ms()
+        members: list[bytes] = claim(
+            keys=[k.dlq, k.inflight, k.seq], args=[self.batch, now + LEASE_MS]
+        )
+        if not members:
+            return 0
+        items = [self.decide(rk, m, now) for m in members]
+        parking = rk.route.parking
+        args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
+        for item in items:
+            args += [item.op, item.member, item.payload, item.arg]
+        statuses, min_score = route_batch(
+            keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index], args=args
+        )
+        if min_score:
+            self.mover.schedule(int(min_score))
+        self.account(rk, items, statuses.decode())
+        return len(members)
+
+    def decide(self, rk: RouteKeys, member: bytes, now: int) -> Item:
+        route, queue = rk.route, rk.route.queue
+        raw = member.split(b"|", 1)[1]
+        message_id = uuid.uuid4().hex
+        try:
+            env = envelope.parse(raw)
+        except envelope.Malformed as exc:
+            headers = park_headers({h.ROUTE: route.name}, "malformed", str(exc), now, message_id)
+            payload = envelope.wrap_malformed(raw, headers, queue)
+            return Item("p", member, payload, str(headers[h.ID]), "malformed")
+        info = env.delivery_info
+        failure = Failure(
+            env.headers,
+            origin_exchange=h.as_text(info.get("exchange")) or "",
+            origin_routing_key=h.as_text(info.get("routing_key")) or queue,
+            origin_queue=queue,
+        )
+        decision = decide(
+            route,
+            failure,
+            now_ms=now,
+            rng=self.ctx.rng,
+            message_id=message_id,
+            continuous_jitter=True,
+        )
+        if isinstance(decision, Park):
+            payload = env.with_headers(decision.headers, new_delivery_tag=False)
+            return Item("p", member, payload, str(decision.headers[h.ID]), decision.reason)
+        step = env.priority_step() if self.mover.priorities else 0
+        payload = str(step) + env.with_headers(decision.headers, new_delivery_tag=True)
+        tier = format_duration_ms(route.retry.delays[decision.tier])
+        return Item("r", member, payload, decision.due_at_ms, tier)
+
+    def account(self, rk: RouteKeys, items: list[Item], statuses: str) -> None:
+        """Count a batch's outcomes (one counter update per label, not per message)."""
+        m, name = self.ctx.metrics, rk.route.name
+        outcomes = Counter(zip(statuses, (item.label for item in items), strict=True))
+        for (status, label), n in outcomes.items():
+            if status == "r":
+                m.dead_letters.labels(name).inc(n)
+                m.retries.labels(name, label).inc(n)
+            elif status == "p":
+                m.dead_letters.labels(name).inc(n)
+                m.parked.labels(name, label).inc(n)
+            elif status == "h":
+                m.publish_failures.labels(name, "parking_full").inc(n)
+                self.ctx.log.warning(
+                    "%s: parking lot full (max_length %s, reject-publish); holding %d %s "
+                    "dead letter(s) in %s and trying again in %.0fs",
+                    name,
+                    rk.route.parking.max_length,
+                    n,
+                    label,
+                    rk.keys.inflight,
+                    HOLD_MS / 1000,
+                )
+            else:
+                self.ctx.log.info(
+                    "%s: %d lease(s) lost to another router, which routes them", name, n
+                )
+
+
+def run(topology: Topology, ctx: RouterContext) -> None:
+    """Route dead letters of every route until ``ctx.stop`` is set, then return.
+
+    On stop, the batch in flight is finished (claim and route are each atomic) before the
+    threads return; anything still leased is recovered by the next router after the lease.
+    """
+    halt = threading.Event()
+    priorities = not topology.url.split("://", 1)[0].endswith("+cluster")
+    mover = Mover(topology, ctx, priorities=priorities)
+    claimer = Claimer(topology, ctx, mover)
+    failure: list[BaseException] = []
+
+    def guarded(name: str, body: Callable[[Any], None]) -> None:
+        try:
+            supervise(name, topology.url, ctx, halt, body)
+        except BaseException as exc:
+            failure.append(exc)
+            halt.set()
+
+    def watch_stop() -> None:
+        while not halt.is_set():
+            if ctx.stop.wait(0.5):
+                halt.set()
+        mover.wake()
+
+    threads = [
+        threading.Thread(target=watch_stop, name="dlq-router-stop", daemon=True),
+        threading.Thread(
+            target=guarded,
+            args=("mover", lambda c: mover.run(c, halt)),
+            name="dlq-router-mover",
+            daemon=True,
+        ),
+    ]
+    for t in threads:
+        t.start()
+    ctx.log.info("routing %d route(s) on Redis", len(claimer.routes))
+    guarded("claimer", lambda c: claimer.run(c, halt))
+    halt.set()
+    mover.wake()
+    for t in threads:
+        t.join()
+    ctx.metrics.set_ready(False)
+    if failure:
+        raise failure[0]
+    ctx.log.info("router stopped")
