@@ -160,7 +160,7 @@ class RouterProcess:
         path = tmp / f"{topo.routes[0].name}.json"
         path.write_text(json.dumps(topo.model_dump(mode="json")))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.redis_router_proc", str(path)],
+            [sys.executable, "-m", "dlq_router", "run", "-t", str(path)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.DEVNULL,

@@ -28,6 +28,9 @@ class Received:
 
 class BrokerDriver(ABC):
     kind: str
+    # Does a dead letter without any headers still have an origin? On Redis it always came
+    # from the route's work list; on RabbitMQ only x-death or dlq-origin-* can say.
+    origin_without_headers = False
 
     def __init__(self, topology: Topology, route: Route) -> None:
         self.topology = topology

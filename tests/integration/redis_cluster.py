@@ -145,7 +145,7 @@ def _wait(check: object, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster_url() -> Iterator[str]:
     with local_cluster() as url:
         yield url

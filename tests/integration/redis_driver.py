@@ -24,7 +24,8 @@ from tests.integration.drivers import BrokerDriver, Received
 def kombu_envelope(
     body: bytes,
     *,
-    queue: str,
+    exchange: str,
+    routing_key: str,
     headers: dict[str, Any] | None,
     content_type: str,
     content_encoding: str,
@@ -33,7 +34,7 @@ def kombu_envelope(
     """What kombu's ``prepare_message`` + ``_inplace_augment_message`` produce."""
     props = {
         **properties,
-        "delivery_info": {"exchange": "", "routing_key": queue},
+        "delivery_info": {"exchange": exchange, "routing_key": routing_key},
         "delivery_tag": str(uuid.uuid4()),
         "body_encoding": "base64",
     }
@@ -49,9 +50,7 @@ def kombu_envelope(
 
 class RedisDriver(BrokerDriver):
     kind = "redis"
-    # A Redis dead letter always came from the route's work list, so a message without
-    # headers still has an origin (RabbitMQ parks it as no_origin).
-    origin_without_headers = True
+    origin_without_headers = True  # it always came from the route's work list
 
     def __init__(self, topology: Topology, route: Route) -> None:
         super().__init__(topology, route)
@@ -78,7 +77,8 @@ class RedisDriver(BrokerDriver):
             props["priority"] = priority
         env = kombu_envelope(
             body,
-            queue=self.keys.work,
+            exchange=self.route.exchange,
+            routing_key=self.route.routing_key,
             headers=headers,
             content_type=content_type,
             content_encoding=content_encoding,
@@ -141,7 +141,8 @@ class RedisDriver(BrokerDriver):
     def inject_dead_letter(self, body: bytes, headers: dict[str, Any] | None) -> None:
         env = kombu_envelope(
             body,
-            queue=self.keys.work,
+            exchange=self.route.exchange,
+            routing_key=self.route.routing_key,
             headers=headers,
             content_type="application/json",
             content_encoding="utf-8",

@@ -148,6 +148,10 @@ class RouterProcess:
         assert self.proxy is not None, "start the router with proxy=True"
         self.proxy.cut()
 
+    def outage(self, seconds: float) -> None:
+        assert self.proxy is not None, "start the router with proxy=True"
+        self.proxy.outage(seconds)
+
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()

@@ -22,6 +22,7 @@ class TcpProxy:
         self._closed = False
         self.flowing = threading.Event()
         self.flowing.set()
+        self.refusing = threading.Event()
         self.accepted = 0
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -31,6 +32,9 @@ class TcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if self.refusing.is_set():
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
                 server.settimeout(None)
@@ -74,6 +78,14 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+    def outage(self, seconds: float) -> None:
+        """Drop every connection and refuse new ones for ``seconds``: the broker is gone."""
+        self.refusing.set()
+        self.cut()
+        timer = threading.Timer(seconds, self.refusing.clear)
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         with self._lock:

@@ -1,18 +1,14 @@
-"""End-to-end router behaviour, written against ``BrokerDriver`` only, run on Redis and Cluster.
+"""Redis-specific router behaviour, on a single server and on a local Cluster.
 
-``RouterBehaviour`` holds no broker specifics, so it can join the shared suite; the
-``make_driver`` fixture decides the broker. ``TestRedisOnly`` covers what exists only on
-Redis (kombu envelopes that cannot be read).
+The behaviour every broker shares (tiers, parking, SIGKILL, bad input, byte-for-byte) is in
+test_router_behaviour.py. Here: several router replicas on one Redis, the parking lot's
+max_length, and what exists only on Redis (kombu envelopes that cannot be read, retention,
+restarts).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pickle
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,30 +70,6 @@ class RouterThread:
         self.backend.close()
 
 
-class RouterProcess:
-    """A router in a subprocess, so a test can SIGKILL it."""
-
-    def __init__(self, topology: Topology, tmp_path: Path) -> None:
-        path = tmp_path / "topology.json"
-        path.write_text(json.dumps(topology.model_dump(mode="json")))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.integration.redis_router_proc", str(path)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            assert self.proc.wait(15) == 0
-
-
 @pytest.fixture(params=["redis", "cluster"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     if request.param == "cluster":
@@ -155,147 +127,6 @@ def take_all(driver: BrokerDriver, n: int, timeout: float) -> list[str]:
 
 
 class RouterBehaviour:
-    def test_retry_after_each_tier_then_success(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        router = start_router(topology)
-        driver.publish(b'{"n": 1}', message_id="m-1", headers={"task": "send"})
-        msg = receive(driver)
-        for attempt, delay in enumerate(DELAYS_MS, start=1):
-            failed_at = time.time()
-            driver.fail(msg, error_type="RuntimeError", error_message=f"boom {attempt}")
-            msg = receive(driver)
-            waited_ms = (msg.received_at - failed_at) * 1000
-            assert delay - 5 <= waited_ms <= delay + 300, (attempt, waited_ms)
-            assert int(msg.headers["dlq-attempts"]) == attempt
-            lateness = msg.received_at * 1000 - int(msg.headers["dlq-retry-due-at"])
-            assert -5 <= lateness <= 250, (attempt, lateness)
-        driver.ack(msg)  # attempt 4 succeeds
-        assert msg.body == b'{"n": 1}'
-        assert msg.properties["message_id"] == "m-1"
-        assert msg.headers["task"] == "send"
-        wait_counts(driver, work=0, dlq=0, retry=0, parked=0)
-        assert (
-            router.sample(
-                "dlq_router_retries_scheduled_total", route=topology.routes[0].name, tier="800ms"
-            )
-            == 1
-        )
-
-    def test_park_after_max_attempts_with_metadata(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        start_router(topology)
-        driver.publish(b"payload", message_id="m-2", headers={"task": "send", "retries": 0})
-        msg = receive(driver)
-        for attempt in range(1, 5):
-            driver.fail(msg, error_type="RuntimeError", error_message=f"boom {attempt}")
-            if attempt < 4:
-                msg = receive(driver)
-        wait_counts(driver, parked=1, work=0, dlq=0, retry=0)
-        (parked,) = driver.parked()
-        h = parked.headers
-        assert h["dlq-park-reason"] == "max_attempts"
-        assert int(h["dlq-attempts"]) == 4
-        assert int(h["dlq-first-failed-at"]) < int(h["dlq-last-failed-at"])
-        assert h["dlq-error-type"] == "RuntimeError"
-        assert h["dlq-error-message"] == "boom 4"
-        assert h["dlq-route"] == topology.routes[0].name
-        assert "dlq-origin-exchange" in h and h["dlq-origin-routing-key"]
-        assert h["dlq-id"] and int(h["dlq-parked-at"]) > 0
-        assert (h["task"], h["retries"]) == ("send", 0)
-        assert parked.body == b"payload"
-        assert parked.properties["message_id"] == "m-2"
-
-    def test_non_retryable_parks_at_once(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        start_router(topology)
-        driver.publish(b"x", message_id="m-3")
-        failed_at = time.monotonic()
-        driver.fail(receive(driver), error_type="ValueError", error_message="bad input")
-        wait_counts(driver, parked=1, timeout=DELAYS_MS[0] / 1000)
-        assert time.monotonic() - failed_at < DELAYS_MS[0] / 1000
-        (parked,) = driver.parked()
-        assert parked.headers["dlq-park-reason"] == "non_retryable"
-        assert int(parked.headers["dlq-attempts"]) == 1
-        assert driver.counts() == {"work": 0, "dlq": 0, "retry": 0, "parked": 1}
-
-    def test_invalid_attempts_header_parks(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        start_router(topology)
-        driver.inject_dead_letter(b"abc-body", {"dlq-attempts": "abc", "task": "t"})
-        wait_counts(driver, parked=1, dlq=0)
-        (parked,) = driver.parked()
-        assert parked.headers["dlq-park-reason"] == "invalid_header"
-        assert "abc" in parked.headers["dlq-invalid-attempts"]
-        assert parked.body == b"abc-body"
-
-    def test_dead_letter_without_headers(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        start_router(topology)
-        driver.inject_dead_letter(b"no-headers", None)
-        if getattr(driver, "origin_without_headers", False):
-            # The broker knows where it came from: it is an ordinary first failure.
-            msg = receive(driver)
-            assert msg.body == b"no-headers"
-            assert int(msg.headers["dlq-attempts"]) == 1
-        else:
-            wait_counts(driver, parked=1)
-            assert driver.parked()[0].headers["dlq-park-reason"] == "no_origin"
-        wait_counts(driver, dlq=0, retry=0)
-
-    def test_message_kept_byte_for_byte(
-        self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
-    ) -> None:
-        topology, driver = make_driver()
-        start_router(topology)
-        body = pickle.dumps({"args": (1, b"\x00\xff"), "kwargs": {"k": "v"}})
-        foreign = {"id": "task-1", "task": "app.send", "retries": 0, "root_id": "r-1"}
-        props = {
-            "content_type": "application/x-python-serialize",
-            "content_encoding": "binary",
-            "correlation_id": "task-1",
-            "priority": 3,
-        }
-        driver.publish(body, message_id="m-4", headers=dict(foreign), **props)
-        first = receive(driver)
-        driver.fail(first, error_type="RuntimeError")
-        again = receive(driver)
-        assert again.body == body == first.body
-        assert again.properties == first.properties == {"message_id": "m-4", **props}
-        assert {k: again.headers[k] for k in foreign} == foreign
-
-    def test_sigkill_mid_stream_loses_nothing(
-        self, make_driver: MaybeDriver, tmp_path: Path
-    ) -> None:
-        topology, driver = make_driver()
-        n = 1500
-        ids = {f"k-{i}" for i in range(n)}
-        for mid in sorted(ids):
-            driver.publish(b"k", message_id=mid)
-        for _ in range(n):
-            driver.fail(receive(driver))
-        first = RouterProcess(topology, tmp_path)
-        try:
-            wait_for(lambda: driver.counts()["dlq"] < n, 20, "the router to start routing")
-        finally:
-            first.kill()
-        assert driver.counts()["dlq"] > 0 or driver.counts()["retry"] > 0
-        second = RouterProcess(topology, tmp_path)
-        try:
-            seen = take_all(driver, n, timeout=30)
-        finally:
-            second.stop()
-        assert set(seen) == ids, f"lost {len(ids - set(seen))}"
-
     def test_two_routers_neither_duplicate_nor_lose(
         self, make_driver: MaybeDriver, start_router: Callable[[Topology], RouterThread]
     ) -> None:
