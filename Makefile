@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 brokers:
-	bash scripts/brokers.sh
+	bash .ci/brokers.sh
 
 lint: install
 	$(VENV)/bin/ruff check dlq_router tests
@@ -24,7 +24,9 @@ test: install brokers lint
 	$(VENV)/bin/pytest -q
 
 bench: install brokers
-	$(PY) tests/benchmarks/run_all.py
+	$(PY) tests/benchmarks/bench_rabbit_router.py
+	$(PY) tests/benchmarks/bench_redis_router.py
+	$(PY) tests/benchmarks/bench_parking.py
 
 demo: install brokers
 	$(VENV)/bin/dlq-router demo
