@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +32,7 @@ from dlq_router.backends.rabbitmq import message
 from dlq_router.backends.rabbitmq.connection import connect, describe, parameters
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerUnavailable, UsageError
+from dlq_router.ids import new_id
 from dlq_router.names import RabbitNames, rabbit_names
 from dlq_router.policy import PARK_REASONS, Decision, Park, Retry, decide, park_headers
 from dlq_router.topology import Route, Topology
@@ -176,14 +175,7 @@ class Router:
         self.connection: Any = None
         self.channel: Any = None
         self.generation = 0
-        # Parked ids: a random per-process prefix and a counter (uuid4 per message costs a
-        # getrandom() call on the hot path).
-        self._id_prefix = uuid.uuid4().hex[:16]
-        self._ids = itertools.count()
         self._reset()
-
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):08x}"
 
     def _reset(self) -> None:
         self.pending: dict[int, _Publish] = {}  # publish sequence number -> publish
@@ -363,7 +355,7 @@ class Router:
                 message.failure(incoming),
                 now_ms=self.ctx.now_ms(),
                 rng=self.ctx.rng,
-                message_id=self._new_id(),
+                message_id=new_id(),
                 continuous_jitter=False,
             )
             message.carry_over(props, decision.headers, self.user)
@@ -406,7 +398,7 @@ class Router:
             self.log.warning("dropped router text headers to fit frame_max=%d", self.frame_max)
             return decision
         minimal = message.minimal_park(
-            decision.headers, r.route.name, decision.attempts, self.ctx.now_ms(), self._new_id()
+            decision.headers, r.route.name, decision.attempts, self.ctx.now_ms(), new_id()
         )
         minimal[h.PUBLISH_ID] = seq
         props.headers = minimal
@@ -494,7 +486,7 @@ class Router:
         }
         lane = p.route.names.tiers[p.decision.tier].lanes[p.decision.lane].queue
         detail = f"retry queue {lane!r} did not accept the message"
-        headers = park_headers(base, "unroutable", detail, self.ctx.now_ms(), self._new_id())
+        headers = park_headers(base, "unroutable", detail, self.ctx.now_ms(), new_id())
         park = Park(p.decision.attempts, "unroutable", detail, headers)
         self._publish(p.route, p.tag, p.props, p.body, park)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from bisect import bisect
 from dataclasses import dataclass
 from typing import Any
+
+from dlq_router.ids import new_id
 
 # kombu.transport.redis: Channel.sep and PRIORITY_STEPS. A message of priority p goes to
 # the list ``queue + SEP + step`` (just ``queue`` for step 0), step = the largest step <= p.
@@ -66,7 +67,7 @@ class Envelope:
         out = dict(self.data)
         out["headers"] = headers
         if new_delivery_tag:
-            out["properties"] = {**self.properties, "delivery_tag": str(uuid.uuid4())}
+            out["properties"] = {**self.properties, "delivery_tag": new_id()}
         return json.dumps(out)
 
 
@@ -99,7 +100,7 @@ def wrap_malformed(raw: bytes, headers: dict[str, Any], queue: str) -> str:
             "properties": {
                 "body_encoding": "base64",
                 "delivery_info": {"exchange": "", "routing_key": queue},
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": new_id(),
                 "priority": 0,
             },
         }

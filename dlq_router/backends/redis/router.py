@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dlq_router.backends.redis.connection import (
 from dlq_router.backends.redis.mover import Mover
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerError, BrokerUnavailable
+from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
 from dlq_router.policy import Failure, Park, decide, park_headers
 from dlq_router.topology import Route, Topology
@@ -184,7 +184,7 @@ class Claimer:
     def decide(self, rk: RouteKeys, member: bytes, now: int) -> Item:
         route, queue = rk.route, rk.route.queue
         raw = member.split(b"|", 1)[1]
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         try:
             env = envelope.parse(raw)
         except envelope.Malformed as exc:
