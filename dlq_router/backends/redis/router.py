@@ -4,9 +4,11 @@ Two working threads, each with its own connection (plus one that turns ``ctx.sto
 the internal halt flag): the claimer (the calling thread) leases dead letters
 (claim.lua), asks the policy what to do, applies every decision of the batch atomically
 (route.lua) and recovers expired leases (recover.lua); the mover (mover.py) pushes due
-retries back to the work list. A crash between claim and route leaves the batch leased in
-``{q}:inflight``; it goes back to the dead-letter list when the lease expires. At least
-once: a recovered batch may be routed again after a crash, never lost.
+retries back to the work list. A crash between claim and route leaves the batch leased
+(claim ids in ``{q}:inflight``, the dead letters in ``{q}:claims``); it goes back to the
+dead-letter list when the lease expires. At least once: a recovered batch may be routed
+again after a crash, never lost. Each dead letter crosses the wire once: route.lua gets
+claim ids and new payloads, not the claimed bytes again.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Item:
     """One decision, as route.lua takes it."""
 
     op: str  # "r" retry / "p" park
-    member: bytes  # the claimed inflight member
+    claim: str  # the claim id (lease) of the dead letter
     payload: str  # retry member or parked envelope
     arg: int | str  # due ms / parked id
     label: str  # tier (retry) or park reason, for metrics
@@ -145,7 +147,11 @@ class Claimer:
         for rk in self.routes:
             k = rk.keys
             while True:
-                n = int(recover(keys=[k.inflight, k.dlq], args=[self.ctx.now_ms(), RECOVER_LIMIT]))
+                n = int(
+                    recover(
+                        keys=[k.inflight, k.dlq, k.claims], args=[self.ctx.now_ms(), RECOVER_LIMIT]
+                    )
+                )
                 if n:
                     self.ctx.log.info("%s: recovered %d dead letter(s) from leases", k.dlq, n)
                 if n < RECOVER_LIMIT:
@@ -163,34 +169,37 @@ class Claimer:
     def claim_route(self, rk: RouteKeys, claim: Any, route_batch: Any) -> int:
         k = rk.keys
         now = self.ctx.now_ms()
-        members: list[bytes] = claim(
-            keys=[k.dlq, k.inflight, k.seq], args=[self.batch, now + LEASE_MS]
+        batch_id = new_id()
+        letters: list[bytes] = claim(
+            keys=[k.dlq, k.inflight, k.claims], args=[self.batch, now + LEASE_MS, batch_id]
         )
-        if not members:
+        if not letters:
             return 0
-        items = [self.decide(rk, m, now) for m in members]
+        # claim.lua's claim ids: the batch id and the 1-based position, four digits.
+        items = [
+            self.decide(rk, f"{batch_id}{i:04d}", raw, now) for i, raw in enumerate(letters, 1)
+        ]
         parking = rk.route.parking
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
-            args += [item.op, item.member, item.payload, item.arg]
+            args += [item.op, item.claim, item.payload, item.arg]
         statuses, min_score = route_batch(
-            keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index], args=args
+            keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims], args=args
         )
         if min_score:
             self.mover.schedule(int(min_score))
         self.account(rk, items, statuses.decode())
-        return len(members)
+        return len(letters)
 
-    def decide(self, rk: RouteKeys, member: bytes, now: int) -> Item:
+    def decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
         route, queue = rk.route, rk.route.queue
-        raw = member.split(b"|", 1)[1]
         message_id = new_id()
         try:
             env = envelope.parse(raw)
         except envelope.Malformed as exc:
             headers = park_headers({h.ROUTE: route.name}, "malformed", str(exc), now, message_id)
             payload = envelope.wrap_malformed(raw, headers, queue)
-            return Item("p", member, payload, str(headers[h.ID]), "malformed")
+            return Item("p", claim, payload, str(headers[h.ID]), "malformed")
         info = env.delivery_info
         failure = Failure(
             env.headers,
@@ -208,11 +217,11 @@ class Claimer:
         )
         if isinstance(decision, Park):
             payload = env.with_headers(decision.headers, new_delivery_tag=False)
-            return Item("p", member, payload, str(decision.headers[h.ID]), decision.reason)
+            return Item("p", claim, payload, str(decision.headers[h.ID]), decision.reason)
         step = env.priority_step() if self.mover.priorities else 0
         payload = str(step) + env.with_headers(decision.headers, new_delivery_tag=True)
         tier = format_duration_ms(route.retry.delays[decision.tier])
-        return Item("r", member, payload, decision.due_at_ms, tier)
+        return Item("r", claim, payload, decision.due_at_ms, tier)
 
     def account(self, rk: RouteKeys, items: list[Item], statuses: str) -> None:
         """Count a batch's outcomes (one counter update per label, not per message)."""
