@@ -27,6 +27,10 @@ SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
 
 
+# json.dumps' defaults without the cycle check: parsed JSON has no cycles (same output).
+_encode = json.JSONEncoder(check_circular=False).encode
+
+
 class Malformed(ValueError):
     """A dead letter that is not a kombu envelope; it is parked as raw bytes."""
 
@@ -68,7 +72,7 @@ class Envelope:
         out["headers"] = headers
         if new_delivery_tag:
             out["properties"] = {**self.properties, "delivery_tag": new_id()}
-        return json.dumps(out)
+        return _encode(out)
 
 
 def parse(raw: bytes) -> Envelope:

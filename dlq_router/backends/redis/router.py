@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.exceptions as rex
 
@@ -60,9 +60,8 @@ class RouteKeys:
     keys: RedisKeys
 
 
-@dataclass(frozen=True)
-class Item:
-    """One decision, as route.lua takes it."""
+class Item(NamedTuple):
+    """One decision, as route.lua takes it (a tuple: one is built per dead letter)."""
 
     op: str  # "r" retry / "p" park
     claim: str  # the claim id (lease) of the dead letter
