@@ -68,8 +68,8 @@ def route(
     hold: int = 5000,
 ) -> tuple[str, str]:
     args: list[Any] = [now, max_length, overflow, hold]
-    for item in items:
-        args += item
+    for op, claim_id, payload, arg in items:
+        args += [f"{op} {claim_id} {arg}", payload]
     statuses, min_score = run(
         "route", [k.inflight, k.retry, k.seq, k.parked, k.index, k.claims], args
     )
@@ -133,6 +133,16 @@ def test_route_parks_with_index_and_respects_reject_publish(
     assert recover(run, k, 4242) == 1
     assert redis_client.lrange(k.dlq, 0, -1) == [b"b"]
     assert redis_client.hlen(k.claims) == 0
+
+
+def test_route_takes_parked_ids_with_spaces_and_newlines(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    redis_client.lpush(k.dlq, b"a")
+    (a,) = claim(run, k, 1)
+    odd = "kept id\nfrom  another tool"
+    assert route(run, k, [["p", a, "A", odd]])[0] == "p"
+    assert redis_client.hgetall(k.parked) == {odd.encode(): b"A"}
 
 
 def test_route_drop_head_drops_only_the_oldest(

@@ -181,7 +181,7 @@ class Claimer:
         parking = rk.route.parking
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
-            args += [item.op, item.claim, item.payload, item.arg]
+            args += [f"{item.op} {item.claim} {item.arg}", item.payload]
         statuses, min_score = route_batch(
             keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims], args=args
         )

@@ -14,9 +14,10 @@
 -- ARGV[2]  max_length         parking-lot capacity, 0 = unbounded
 -- ARGV[3]  overflow           "reject-publish" or "drop-head"
 -- ARGV[4]  hold_until         ms; a refused park stays claimed until then
--- ARGV[5...] per item, 4 values: op, claim id, payload, arg
---          op "r": payload = retry member, arg = due ms
---          op "p": payload = envelope JSON, arg = parked id
+-- ARGV[5...] per item, 2 values: "<op> <claim id> <arg>", payload
+--          op "r": arg = due ms, payload = retry member
+--          op "p": arg = parked id (any text, spaces included), payload = envelope JSON
+--          (two arguments, not four: packing arguments is most of the client's cost)
 --
 -- Returns {statuses, min_score}: one character per item, "r" retried, "p" parked,
 -- "h" held (parking lot full, reject-publish), "s" skipped (lease lost); min_score is the
@@ -24,10 +25,10 @@
 local now = ARGV[1]
 local max_length = tonumber(ARGV[2])
 local drop_head = ARGV[3] == 'drop-head'
-local n = (#ARGV - 4) / 4
+local n = (#ARGV - 4) / 2
 local retries = 0
 for i = 0, n - 1 do
-  if ARGV[5 + i * 4] == 'r' then retries = retries + 1 end
+  if string.byte(ARGV[5 + i * 2], 1) == 114 then retries = retries + 1 end  -- 'r'
 end
 local seq = 0
 if retries > 0 then
@@ -38,8 +39,8 @@ local min_score = nil
 local scheduled = {}  -- ZADD arguments for the retry zset: score, member, ...
 local released = {}  -- claim ids whose dead letter left (HDEL from the claims hash)
 for i = 0, n - 1 do
-  local base = 5 + i * 4
-  local op, id, payload, arg = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local op, id, arg = string.match(ARGV[5 + i * 2], '^(%a) (%S+) (.*)$')
+  local payload = ARGV[6 + i * 2]
   local status
   if op == 'r' then
     -- ZREM answers 0 when the lease is gone: that is the ownership check.
