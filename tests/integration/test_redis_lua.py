@@ -272,3 +272,17 @@ def test_script_header_states_its_contract_and_scripts_stay_in_one_slot(name: st
     assert "KEYS[1]" in header and "ARGV[1]" in header and "Returns" in header
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     assert "'KEYS'" not in code and "'SCAN'" not in code
+
+
+def test_parked_replay_moves_in_order_per_list_and_reports_what_was_gone(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    odd = "id with spaces"
+    redis_client.hset(k.parked, mapping={"a": "A", "b": "B", odd: "C"})
+    redis_client.zadd(k.index, {"a": 1, "b": 2, odd: 3})
+    args = ["1 a", "new-a", "2 b", "new-b", "1 gone", "x", f"1 {odd}", "new-c"]
+    gone = run("parked_replay", [k.parked, k.index, k.work, k.work3], args)
+    assert gone == [b"gone"]
+    assert redis_client.lrange(k.work, 0, -1) == [b"new-c", b"new-a"]  # as two LPUSHes
+    assert redis_client.lrange(k.work3, 0, -1) == [b"new-b"]
+    assert redis_client.hlen(k.parked) == redis_client.zcard(k.index) == 0

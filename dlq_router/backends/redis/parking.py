@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import uuid
 from bisect import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
 from dlq_router.backends.redis.connection import RedisClient, describe, script
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
+from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
 from dlq_router.parking import (
     Progress,
@@ -116,6 +116,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a kombu envelope")
 
 
+# json.dumps(..., default=) builds a new encoder per call; one, without the cycle check
+# (decoded JSON and header dicts have no cycles), writes the same text.
+_encode = json.JSONEncoder(default=_json_default, check_circular=False).encode
+
+
 def envelope_for(msg: ParkedMessage, route: Route) -> dict[str, Any]:
     """A kombu envelope for a message parked elsewhere (import from RabbitMQ or a file)."""
     props = {
@@ -132,7 +137,7 @@ def envelope_for(msg: ParkedMessage, route: Route) -> dict[str, Any]:
     )
     props.setdefault("priority", 0)
     props["body_encoding"] = "base64"
-    props["delivery_tag"] = str(uuid.uuid4())
+    props["delivery_tag"] = new_id()
     return {
         "body": base64.b64encode(msg.body).decode("ascii"),
         "content-encoding": msg.properties.get("content_encoding"),
@@ -271,7 +276,7 @@ class RedisParkingLot:
                 if options.dry_run:
                     result.planned += [(e.msg, f"redis list {dest.queue}") for e in entries]
                     continue
-                lists: list[str] = []
+                lists: dict[str, int] = {}  # destination list -> its number in the script
                 args: list[Any] = []
                 for entry in entries:
                     if entry.envelope is None:
@@ -279,21 +284,17 @@ class RedisParkingLot:
                         continue
                     env = self._replay_envelope(entry, dest, options)
                     target = work_list(dest.queue, env["properties"].get("priority"))
-                    if target not in lists:
-                        lists.append(target)
-                    args += [
-                        entry.msg.id,
-                        lists.index(target) + 1,
-                        json.dumps(env, default=_json_default),
-                    ]
+                    number = lists.setdefault(target, len(lists) + 1)
+                    args += [f"{number} {entry.msg.id}", _encode(env)]
                 if not args:
                     continue
-                limiter.wait(len(args) // 3)
+                moving = len(args) // 2
+                limiter.wait(moving)
                 keys = self._keys(route)
                 gone = move(keys=[keys.parked, keys.parked_index, *lists], args=args)
-                result.replayed += len(args) // 3 - len(gone)
+                result.replayed += moving - len(gone)
                 result.skipped += len(gone)
-                progress(len(args) // 3)
+                progress(moving)
         except rex.RedisError as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
         return result
@@ -305,7 +306,7 @@ class RedisParkingLot:
         env = dict(entry.envelope)
         env["headers"] = reset_for_replay(entry.msg.headers, keep_attempts=options.keep_attempts)
         props = dict(env.get("properties") or {})
-        props["delivery_tag"] = str(uuid.uuid4())
+        props["delivery_tag"] = new_id()
         if options.to_route is not None:
             props["delivery_info"] = {
                 **(props.get("delivery_info") or {}),
@@ -348,7 +349,7 @@ class RedisParkingLot:
                     args: list[Any] = []
                     for msg in chunk:
                         env = envelope_for(msg, route)
-                        args += [msg.id, parked_at(msg), json.dumps(env, default=_json_default)]
+                        args += [msg.id, parked_at(msg), _encode(env)]
                     added = add(keys=[keys.parked, keys.parked_index], args=args)
                     result.replayed += len(added)
                     result.skipped += len(chunk) - len(added)
