@@ -19,6 +19,9 @@ import pytest
 
 from dlq_router.backends import open_backend
 from dlq_router.backends.base import RouterContext
+from dlq_router.backends.redis.connection import lua_source, script
+from dlq_router.backends.redis.mover import Mover
+from dlq_router.backends.redis.router import Claimer
 from dlq_router.metrics import Metrics
 from dlq_router.topology import Topology, parse_topology
 from tests.conftest import REDIS_URL, route_dict
@@ -267,6 +270,48 @@ def test_router_stops_within_a_second_and_leaves_nothing_leased(uid: str) -> Non
         counts = driver.counts()
         assert driver.client.zcard(driver.keys.inflight) == 0
         assert counts["dlq"] + counts["retry"] + counts["work"] == 300
+    finally:
+        driver.cleanup()
+        driver.close()
+
+
+@pytest.mark.parametrize("unloaded_script", [False, True])
+def test_backlog_is_routed_pipelined_with_nothing_left_behind(
+    uid: str, unloaded_script: bool
+) -> None:
+    """Under a backlog a decided batch is routed after the next claim; when the list is
+    drained every batch has been routed and accounted for. A route.lua that Redis does not
+    have (restart, SCRIPT FLUSH) answers NOSCRIPT to the pipelined call: nothing ran, and
+    the batch is routed by loading the script."""
+    topology = parse_topology({"url": REDIS_URL, "routes": [route_dict(uid)]}, source="<t>")
+    driver = RedisDriver(topology, topology.routes[0])
+    ctx = RouterContext(metrics=Metrics(), prefetch=10)
+    claimer = Claimer(topology, ctx, Mover(topology, ctx, priorities=True))
+    rk = claimer.routes[0]
+    client = driver.client
+    claim = script(client, "claim")
+    # A unique (comment-only) variant has a sha Redis has never seen.
+    route = client.register_script(lua_source("route") + f"\n-- {uid}\n")
+    if not unloaded_script:
+        route = script(client, "route")
+    try:
+        for i in range(25):  # two full batches of 10, then 5
+            driver.inject_dead_letter(b"body-%d" % i, {"seq": i})
+        assert claimer.claim_route(rk, claim, route) == 10
+        assert driver.client.zcard(driver.keys.retry) == 0  # decided, waiting for a claim
+        assert claimer.claim_route(rk, claim, route) == 10  # the first batch goes out
+        assert claimer.claim_route(rk, claim, route) == 5  # partial: routed at once
+        assert driver.client.zcard(driver.keys.retry) == 25
+        assert claimer.claim_route(rk, claim, route) == 0
+        members = driver.client.zrange(driver.keys.retry, 0, -1)
+        seqs = [json.loads(m[1:])["headers"]["seq"] for m in members]
+        assert sorted(seqs) == list(range(25))
+        assert driver.client.zcard(driver.keys.inflight) == 0
+        assert driver.client.hlen(driver.keys.claims) == 0
+        assert (
+            ctx.metrics.registry.get_sample_value("dlq_router_dead_letters_total", {"route": uid})
+            == 25
+        )
     finally:
         driver.cleanup()
         driver.close()

@@ -8,7 +8,10 @@ retries back to the work list. A crash between claim and route leaves the batch 
 (claim ids in ``{q}:inflight``, the dead letters in ``{q}:claims``); it goes back to the
 dead-letter list when the lease expires. At least once: a recovered batch may be routed
 again after a crash, never lost. Each dead letter crosses the wire once: route.lua gets
-claim ids and new payloads, not the claimed bytes again.
+claim ids and new payloads, not the claimed bytes again. Under a backlog the claimer
+pipelines: batch N's route.lua call is sent after batch N+1 is claimed and its reply read
+after N+1 is decided, so Redis and Python work at the same time (on Redis Cluster the call
+is made synchronously: redirections are the cluster client's job).
 """
 
 from __future__ import annotations
@@ -70,6 +73,25 @@ class Item(NamedTuple):
     label: str  # tier (retry) or park reason, for metrics
 
 
+class _Decided(NamedTuple):
+    """A decided batch, not yet sent to route.lua."""
+
+    rk: RouteKeys
+    route_batch: Any  # the registered route.lua script
+    items: list[Item]
+    args: list[Any]
+
+
+class _Sent(NamedTuple):
+    """A route.lua call on the wire whose reply has not been read yet."""
+
+    decided: _Decided
+    keys: list[str]
+    client: Any
+    pool: Any
+    conn: Any  # held until the reply is read, so nothing else is sent on it meanwhile
+
+
 def supervise(
     name: str, url: str, ctx: RouterContext, halt: threading.Event, body: Callable[[Any], None]
 ) -> None:
@@ -116,8 +138,69 @@ class Claimer:
         self.mover = mover
         self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
         self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
+        # Under a backlog, a decided batch is routed only after the next batch is claimed,
+        # and its reply is read only after that batch is decided: Redis runs route.lua
+        # while Python decides (claim -> send route -> decide -> read reply). Batches are
+        # still routed one at a time, in claim order.
+        self._decided: _Decided | None = None
+        self._sent: _Sent | None = None
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
+        try:
+            self._loop(client, halt)
+        finally:
+            self.finish()  # what is decided is routed before the client closes
+
+    def finish(self) -> None:
+        """Route the decided batch, if any, and read every reply still on the wire."""
+        self._send_decided()
+        self._collect()
+
+    def _send_decided(self) -> None:
+        decided, self._decided = self._decided, None
+        if decided is None:
+            return
+        self._collect()  # one route.lua call in flight at a time
+        k = decided.rk.keys
+        keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
+        client = decided.route_batch.registered_client
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:  # Redis Cluster (redirections are the client's job): wait for it
+            self._account(decided, decided.route_batch(keys=keys, args=decided.args))
+            return
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", decided.route_batch.sha, len(keys), *keys, *decided.args)
+        except BaseException:
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        self._sent = _Sent(decided, keys, client, pool, conn)
+
+    def _collect(self) -> None:
+        sent, self._sent = self._sent, None
+        if sent is None:
+            return
+        try:
+            reply = sent.client.parse_response(sent.conn, "EVALSHA")
+        except rex.NoScriptError:
+            reply = None  # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran
+        except BaseException:
+            sent.conn.disconnect()
+            raise
+        finally:
+            sent.pool.release(sent.conn)
+        if reply is None:
+            reply = sent.decided.route_batch(keys=sent.keys, args=sent.decided.args)  # loads it
+        self._account(sent.decided, reply)
+
+    def _account(self, decided: _Decided, reply: Any) -> None:
+        statuses, min_score = reply
+        if min_score:
+            self.mover.schedule(int(min_score))
+        self.account(decided.rk, decided.items, statuses.decode())
+
+    def _loop(self, client: RedisClient, halt: threading.Event) -> None:
         claim, route_batch = script(client, "claim"), script(client, "route")
         recover, expire = script(client, "recover"), script(client, "expire_parked")
         self.maintain(recover, expire)
@@ -166,13 +249,16 @@ class Claimer:
                         break
 
     def claim_route(self, rk: RouteKeys, claim: Any, route_batch: Any) -> int:
+        self._collect()  # sent before the last batch was decided: its reply is waiting
         k = rk.keys
         now = self.ctx.now_ms()
         batch_id = new_id()
         letters: list[bytes] = claim(
             keys=[k.dlq, k.inflight, k.claims], args=[self.batch, now + LEASE_MS, batch_id]
         )
+        self._send_decided()  # Redis routes the previous batch while this one is decided
         if not letters:
+            self._collect()
             return 0
         # claim.lua's claim ids: the batch id and the 1-based position, four digits.
         items = [
@@ -182,12 +268,9 @@ class Claimer:
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
             args += [f"{item.op} {item.claim} {item.arg}", item.payload]
-        statuses, min_score = route_batch(
-            keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims], args=args
-        )
-        if min_score:
-            self.mover.schedule(int(min_score))
-        self.account(rk, items, statuses.decode())
+        self._decided = _Decided(rk, route_batch, items, args)
+        if len(letters) < self.batch:
+            self.finish()  # no backlog, so no next claim to wait for: route it now
         return len(letters)
 
     def decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
