@@ -170,7 +170,10 @@ class Claimer:
             return
         conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", decided.route_batch.sha, len(keys), *keys, *decided.args)
+            # One buffer, one write: redis-py would send its ~6 KB chunks one syscall each.
+            sha = decided.route_batch.sha
+            packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *decided.args)
+            conn.send_packed_command([b"".join(packed)])
         except BaseException:
             conn.disconnect()
             pool.release(conn)
