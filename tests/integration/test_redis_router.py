@@ -315,3 +315,40 @@ def test_backlog_is_routed_pipelined_with_nothing_left_behind(
     finally:
         driver.cleanup()
         driver.close()
+
+
+def test_stopping_routes_what_was_claimed_ahead_and_a_failure_leaves_it_leased(
+    uid: str,
+) -> None:
+    """finish() (a clean stop) routes the decided batch and the one claimed ahead; after a
+    failure the calls on the wire are dropped with their connections and the batches stay
+    leased (recover.lua returns them), and the client still works."""
+    topology = parse_topology({"url": REDIS_URL, "routes": [route_dict(uid)]}, source="<t>")
+    driver = RedisDriver(topology, topology.routes[0])
+    ctx = RouterContext(metrics=Metrics(), prefetch=10)
+    claimer = Claimer(topology, ctx, Mover(topology, ctx, priorities=True))
+    rk, client, k = claimer.routes[0], driver.client, driver.keys
+    claim, route = script(client, "claim"), script(client, "route")
+    try:
+        for i in range(50):
+            driver.inject_dead_letter(b"body-%d" % i, {"seq": i})
+        assert claimer.claim_route(rk, claim, route) == 10  # 10 decided, 10 claimed ahead
+        claimer.finish()
+        assert client.zcard(k.retry) == 20 and client.llen(k.dlq) == 30
+        assert client.zcard(k.inflight) == client.hlen(k.claims) == 0
+
+        assert claimer.claim_route(rk, claim, route) == 10
+        claimer._abandon()  # what run() does when the loop failed
+        assert client.zcard(k.retry) == 20 and client.llen(k.dlq) == 10
+        assert client.zcard(k.inflight) == client.hlen(k.claims) == 20
+        assert run_script(client, "recover", [k.inflight, k.dlq, k.claims], [10**14, 100]) == 20
+        while claimer.claim_route(rk, claim, route):
+            pass
+        assert client.zcard(k.retry) == 50 and client.zcard(k.inflight) == 0
+    finally:
+        driver.cleanup()
+        driver.close()
+
+
+def run_script(client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    return script(client, name)(keys=keys, args=args)

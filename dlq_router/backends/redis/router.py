@@ -82,14 +82,58 @@ class _Decided(NamedTuple):
     args: list[Any]
 
 
-class _Sent(NamedTuple):
-    """A route.lua call on the wire whose reply has not been read yet."""
+class _Call:
+    """A script call sent now whose reply is read later, so Python works meanwhile.
 
-    decided: _Decided
-    keys: list[str]
-    client: Any
-    pool: Any
-    conn: Any  # held until the reply is read, so nothing else is sent on it meanwhile
+    The connection is held until the reply is read (nothing else may be sent on it). On
+    Redis Cluster, whose client handles redirections itself, the call is made at once.
+    """
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.client = script.registered_client
+        self.pool = getattr(self.client, "connection_pool", None)
+        self.conn: Any = None
+        self.reply: Any = None
+        if self.pool is None:
+            self.reply = script(keys=keys, args=args)
+            return
+        conn = self.pool.get_connection()
+        try:
+            # One buffer, one write: redis-py would send its ~6 KB chunks one syscall each.
+            packed = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_packed_command([b"".join(packed)])
+        except BaseException:
+            conn.disconnect()
+            self.pool.release(conn)
+            raise
+        self.conn = conn
+
+    def result(self) -> Any:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return self.reply
+        try:
+            self.reply = self.client.parse_response(conn, "EVALSHA")
+        except rex.NoScriptError:
+            # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran. The script
+            # object loads it and calls again.
+            self.reply = None
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.pool.release(conn)  # type: ignore[union-attr]
+        if self.reply is None:
+            self.reply = self.script(keys=self.keys, args=self.args)
+        return self.reply
+
+    def abandon(self) -> None:
+        """Forget the call: its reply must never reach the connection's next user."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.pool.release(conn)  # type: ignore[union-attr]
 
 
 def supervise(
@@ -138,70 +182,65 @@ class Claimer:
         self.mover = mover
         self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
         self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
-        # Under a backlog, a decided batch is routed only after the next batch is claimed,
-        # and its reply is read only after that batch is decided: Redis runs route.lua
-        # while Python decides (claim -> send route -> decide -> read reply). Batches are
-        # still routed one at a time, in claim order.
+        # Under a backlog the claimer pipelines (claim, decide and route of consecutive
+        # batches overlap; Redis and Python work at the same time):
+        #   read claim N+1 -> send route N -> send claim N+2 -> decide N+1 -> read route N
+        # Batches are still routed one at a time, in claim order, each atomically.
         self._decided: _Decided | None = None
-        self._sent: _Sent | None = None
+        self._routing: tuple[_Decided, _Call] | None = None
+        self._claims: dict[str, tuple[_Call, str, Any]] = {}  # route -> next claim on the wire
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
         try:
             self._loop(client, halt)
+            self.finish()  # what is claimed or decided is routed before the client closes
         finally:
-            self.finish()  # what is decided is routed before the client closes
+            self._abandon()  # after a failure; the leases expire and are recovered
 
     def finish(self) -> None:
-        """Route the decided batch, if any, and read every reply still on the wire."""
+        """Route everything claimed or decided, and read every reply still on the wire."""
         self._send_decided()
-        self._collect()
+        self._collect_route()
+        while self._claims:
+            name, (call, batch_id, route_batch) = self._claims.popitem()
+            letters: list[bytes] = call.result()
+            if letters:
+                rk = next(r for r in self.routes if r.route.name == name)
+                self._decided = self._decide_batch(rk, route_batch, batch_id, letters)
+                self._send_decided()
+                self._collect_route()
+
+    def _abandon(self) -> None:
+        self._decided = None
+        routing, self._routing = self._routing, None
+        calls = [call for call, _, _ in self._claims.values()]
+        self._claims.clear()
+        if routing is not None:
+            calls.append(routing[1])
+        for call in calls:
+            call.abandon()
 
     def _send_decided(self) -> None:
         decided, self._decided = self._decided, None
-        if decided is None:
-            return
-        self._collect()  # one route.lua call in flight at a time
-        k = decided.rk.keys
-        keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
-        client = decided.route_batch.registered_client
-        pool = getattr(client, "connection_pool", None)
-        if pool is None:  # Redis Cluster (redirections are the client's job): wait for it
-            self._account(decided, decided.route_batch(keys=keys, args=decided.args))
-            return
-        conn = pool.get_connection()
-        try:
-            # One buffer, one write: redis-py would send its ~6 KB chunks one syscall each.
-            sha = decided.route_batch.sha
-            packed = conn.pack_command("EVALSHA", sha, len(keys), *keys, *decided.args)
-            conn.send_packed_command([b"".join(packed)])
-        except BaseException:
-            conn.disconnect()
-            pool.release(conn)
-            raise
-        self._sent = _Sent(decided, keys, client, pool, conn)
+        if decided is not None:
+            self._collect_route()  # one route.lua call in flight at a time
+            k = decided.rk.keys
+            keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
+            self._routing = (decided, _Call(decided.route_batch, keys, decided.args))
 
-    def _collect(self) -> None:
-        sent, self._sent = self._sent, None
-        if sent is None:
-            return
-        try:
-            reply = sent.client.parse_response(sent.conn, "EVALSHA")
-        except rex.NoScriptError:
-            reply = None  # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran
-        except BaseException:
-            sent.conn.disconnect()
-            raise
-        finally:
-            sent.pool.release(sent.conn)
-        if reply is None:
-            reply = sent.decided.route_batch(keys=sent.keys, args=sent.decided.args)  # loads it
-        self._account(sent.decided, reply)
+    def _collect_route(self) -> None:
+        routing, self._routing = self._routing, None
+        if routing is not None:
+            decided, call = routing
+            statuses, min_score = call.result()
+            if min_score:
+                self.mover.schedule(int(min_score))
+            self.account(decided.rk, decided.items, statuses.decode())
 
-    def _account(self, decided: _Decided, reply: Any) -> None:
-        statuses, min_score = reply
-        if min_score:
-            self.mover.schedule(int(min_score))
-        self.account(decided.rk, decided.items, statuses.decode())
+    def _claim(self, rk: RouteKeys, claim: Any, batch_id: str) -> _Call:
+        k = rk.keys
+        lease_until = self.ctx.now_ms() + LEASE_MS
+        return _Call(claim, [k.dlq, k.inflight, k.claims], [self.batch, lease_until, batch_id])
 
     def _loop(self, client: RedisClient, halt: threading.Event) -> None:
         claim, route_batch = script(client, "claim"), script(client, "route")
@@ -252,17 +291,31 @@ class Claimer:
                         break
 
     def claim_route(self, rk: RouteKeys, claim: Any, route_batch: Any) -> int:
-        self._collect()  # sent before the last batch was decided: its reply is waiting
-        k = rk.keys
-        now = self.ctx.now_ms()
-        batch_id = new_id()
-        letters: list[bytes] = claim(
-            keys=[k.dlq, k.inflight, k.claims], args=[self.batch, now + LEASE_MS, batch_id]
-        )
+        self._collect_route()  # sent before the last batch was decided: its reply is waiting
+        pending = self._claims.pop(rk.route.name, None)
+        if pending is None:
+            batch_id = new_id()
+            call = self._claim(rk, claim, batch_id)
+        else:
+            call, batch_id, _ = pending
+        letters: list[bytes] = call.result()
         self._send_decided()  # Redis routes the previous batch while this one is decided
+        if len(letters) >= self.batch:  # a backlog: claim the next batch meanwhile too
+            next_id = new_id()
+            self._claims[rk.route.name] = (self._claim(rk, claim, next_id), next_id, route_batch)
         if not letters:
-            self._collect()
+            self._collect_route()
             return 0
+        self._decided = self._decide_batch(rk, route_batch, batch_id, letters)
+        if len(letters) < self.batch:  # no backlog, so nothing to overlap with: route now
+            self._send_decided()
+            self._collect_route()
+        return len(letters)
+
+    def _decide_batch(
+        self, rk: RouteKeys, route_batch: Any, batch_id: str, letters: list[bytes]
+    ) -> _Decided:
+        now = self.ctx.now_ms()
         # claim.lua's claim ids: the batch id and the 1-based position, four digits.
         items = [
             self.decide(rk, f"{batch_id}{i:04d}", raw, now) for i, raw in enumerate(letters, 1)
@@ -271,10 +324,7 @@ class Claimer:
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
             args += [f"{item.op} {item.claim} {item.arg}", item.payload]
-        self._decided = _Decided(rk, route_batch, items, args)
-        if len(letters) < self.batch:
-            self.finish()  # no backlog, so no next claim to wait for: route it now
-        return len(letters)
+        return _Decided(rk, route_batch, items, args)
 
     def decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
         route, queue = rk.route, rk.route.queue
