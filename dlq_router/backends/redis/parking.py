@@ -23,7 +23,7 @@ import redis.exceptions as rex
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.backends.redis.connection import RedisClient, describe, script
+from dlq_router.backends.redis.connection import DeferredCall, RedisClient, describe, script
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
 from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
@@ -267,11 +267,36 @@ class RedisParkingLot:
         if options.to_route is not None:
             self._destination(self.topology.routes[0], options)  # fail before reading
         move = script(self.client, "parked_replay")
+        # Pipelined: batch N is sent to parked_replay.lua once batch N+1 is fetched, and its
+        # reply read once N+1 is built, so Redis moves while Python builds envelopes.
+        built: tuple[list[str], list[Any], int] | None = None  # keys, args, count
+        moving: tuple[DeferredCall, int] | None = None
+
+        def settle() -> None:
+            nonlocal moving
+            if moving is not None:
+                call, count = moving
+                moving = None
+                gone = call.result()
+                result.replayed += count - len(gone)
+                result.skipped += len(gone)
+                progress(count)
+
+        def send() -> None:
+            nonlocal built, moving
+            if built is not None:
+                keys, args, count = built
+                built = None
+                settle()  # one batch in flight at a time, in order
+                limiter.wait(count)
+                moving = (DeferredCall(move, keys, args), count)
+
         try:
             batches = self._batches(
                 selector, limiter.batch_size(BATCH), result, full=options.dry_run
             )
             for route, entries in batches:
+                send()
                 dest = self._destination(route, options)
                 if options.dry_run:
                     result.planned += [(e.msg, f"redis list {dest.queue}") for e in entries]
@@ -286,17 +311,16 @@ class RedisParkingLot:
                     target = work_list(dest.queue, env["properties"].get("priority"))
                     number = lists.setdefault(target, len(lists) + 1)
                     args += [f"{number} {entry.msg.id}", _encode(env)]
-                if not args:
-                    continue
-                moving = len(args) // 2
-                limiter.wait(moving)
-                keys = self._keys(route)
-                gone = move(keys=[keys.parked, keys.parked_index, *lists], args=args)
-                result.replayed += moving - len(gone)
-                result.skipped += len(gone)
-                progress(moving)
+                if args:
+                    keys = self._keys(route)
+                    built = ([keys.parked, keys.parked_index, *lists], args, len(args) // 2)
+            send()
+            settle()
         except rex.RedisError as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            if moving is not None:
+                moving[0].abandon()
         return result
 
     @staticmethod

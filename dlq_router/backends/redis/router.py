@@ -30,6 +30,7 @@ from dlq_router.backends.base import RouterContext
 from dlq_router.backends.redis import envelope
 from dlq_router.backends.redis.connection import (
     CONNECTION_ERRORS,
+    DeferredCall,
     RedisClient,
     connect,
     describe,
@@ -80,60 +81,6 @@ class _Decided(NamedTuple):
     route_batch: Any  # the registered route.lua script
     items: list[Item]
     args: list[Any]
-
-
-class _Call:
-    """A script call sent now whose reply is read later, so Python works meanwhile.
-
-    The connection is held until the reply is read (nothing else may be sent on it). On
-    Redis Cluster, whose client handles redirections itself, the call is made at once.
-    """
-
-    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
-        self.script, self.keys, self.args = script, keys, args
-        self.client = script.registered_client
-        self.pool = getattr(self.client, "connection_pool", None)
-        self.conn: Any = None
-        self.reply: Any = None
-        if self.pool is None:
-            self.reply = script(keys=keys, args=args)
-            return
-        conn = self.pool.get_connection()
-        try:
-            # One buffer, one write: redis-py would send its ~6 KB chunks one syscall each.
-            packed = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            conn.send_packed_command([b"".join(packed)])
-        except BaseException:
-            conn.disconnect()
-            self.pool.release(conn)
-            raise
-        self.conn = conn
-
-    def result(self) -> Any:
-        conn, self.conn = self.conn, None
-        if conn is None:
-            return self.reply
-        try:
-            self.reply = self.client.parse_response(conn, "EVALSHA")
-        except rex.NoScriptError:
-            # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran. The script
-            # object loads it and calls again.
-            self.reply = None
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            self.pool.release(conn)  # type: ignore[union-attr]
-        if self.reply is None:
-            self.reply = self.script(keys=self.keys, args=self.args)
-        return self.reply
-
-    def abandon(self) -> None:
-        """Forget the call: its reply must never reach the connection's next user."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.disconnect()
-            self.pool.release(conn)  # type: ignore[union-attr]
 
 
 def supervise(
@@ -187,8 +134,9 @@ class Claimer:
         #   read claim N+1 -> send route N -> send claim N+2 -> decide N+1 -> read route N
         # Batches are still routed one at a time, in claim order, each atomically.
         self._decided: _Decided | None = None
-        self._routing: tuple[_Decided, _Call] | None = None
-        self._claims: dict[str, tuple[_Call, str, Any]] = {}  # route -> next claim on the wire
+        self._routing: tuple[_Decided, DeferredCall] | None = None
+        # route name -> (its next claim, on the wire; that batch's id; route.lua)
+        self._claims: dict[str, tuple[DeferredCall, str, Any]] = {}
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
         try:
@@ -226,7 +174,7 @@ class Claimer:
             self._collect_route()  # one route.lua call in flight at a time
             k = decided.rk.keys
             keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
-            self._routing = (decided, _Call(decided.route_batch, keys, decided.args))
+            self._routing = (decided, DeferredCall(decided.route_batch, keys, decided.args))
 
     def _collect_route(self) -> None:
         routing, self._routing = self._routing, None
@@ -237,10 +185,11 @@ class Claimer:
                 self.mover.schedule(int(min_score))
             self.account(decided.rk, decided.items, statuses.decode())
 
-    def _claim(self, rk: RouteKeys, claim: Any, batch_id: str) -> _Call:
+    def _claim(self, rk: RouteKeys, claim: Any, batch_id: str) -> DeferredCall:
         k = rk.keys
         lease_until = self.ctx.now_ms() + LEASE_MS
-        return _Call(claim, [k.dlq, k.inflight, k.claims], [self.batch, lease_until, batch_id])
+        args = [self.batch, lease_until, batch_id]
+        return DeferredCall(claim, [k.dlq, k.inflight, k.claims], args)
 
     def _loop(self, client: RedisClient, halt: threading.Event) -> None:
         claim, route_batch = script(client, "claim"), script(client, "route")
