@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -23,6 +24,7 @@ def parse_duration_ms(value: object) -> int:
     return ms
 
 
+@lru_cache(maxsize=1024)  # a handful of tier delays, formatted for every routed message
 def format_duration_ms(ms: int) -> str:
     """The shortest exact spelling: 10000 -> '10s', 90000 -> '90s', 1500 -> '1500ms'."""
     for unit in ("d", "h", "m", "s"):

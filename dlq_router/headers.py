@@ -51,12 +51,12 @@ MAX_ERROR_MESSAGE = 2048
 
 def as_text(value: Any) -> str | None:
     """A header value as text (AMQP long strings may arrive as bytes), or None."""
+    if isinstance(value, str):  # the common case first: this runs several times a message
+        return value
     if value is None:
         return None
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, str):
-        return value
     return str(value)
 
 
@@ -80,4 +80,9 @@ def truncate(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
 
 
 def strip_broker_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}
+    """A copy without RabbitMQ's death headers, in the original order."""
+    out = dict(headers)
+    if not BROKER_DEATH_HEADERS.isdisjoint(out):
+        for name in BROKER_DEATH_HEADERS:
+            out.pop(name, None)
+    return out

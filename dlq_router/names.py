@@ -15,7 +15,8 @@ touches one Cluster slot, and ``{emails}`` hashes to the same slot as kombu's ``
 
     emails                  work list (kombu's Redis transport; LPUSH in, BRPOP out)
     {emails}:dlq            dead letters pushed by the worker side
-    {emails}:inflight       claimed dead letters (zset, score = lease expiry in ms)
+    {emails}:inflight       leases: claim ids (zset, score = lease expiry in ms)
+    {emails}:claims         leased dead letters (hash claim id -> dead letter)
     {emails}:retry          waiting retries (zset, score = due ms * 4096 + sequence)
     {emails}:seq            sequence for FIFO order within one millisecond
     {emails}:parked         parked messages (hash id -> envelope)
@@ -100,6 +101,7 @@ class RedisKeys:
     work: str
     dlq: str
     inflight: str
+    claims: str
     retry: str
     seq: str
     parked: str
@@ -114,6 +116,7 @@ def redis_keys(topology: Topology, route: Route) -> RedisKeys:
         work=route.queue,
         dlq=f"{base}:dlq",
         inflight=f"{base}:inflight",
+        claims=f"{base}:claims",
         retry=f"{base}:retry",
         seq=f"{base}:seq",
         parked=f"{base}:parked",

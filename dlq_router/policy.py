@@ -65,7 +65,7 @@ Decision = Retry | Park
 
 def is_non_retryable(error_type: str | None, non_retryable: list[str]) -> bool:
     """Match the full dotted name, or the bare class name against undotted entries."""
-    if not error_type:
+    if not error_type or not non_retryable:
         return False
     short = error_type.rsplit(".", 1)[-1]
     return any(
@@ -116,45 +116,47 @@ def decide(
     ``message_id`` is used as the parked id when the message has none yet.
     """
     incoming = failure.headers
+    get = incoming.get
     out = h.strip_broker_headers(incoming)
     out[h.ROUTE] = route.name
     out[h.LAST_FAILED_AT] = now_ms
-    if h.as_ms(incoming.get(h.FIRST_FAILED_AT)) is None:
+    if h.as_ms(get(h.FIRST_FAILED_AT)) is None:
         out[h.FIRST_FAILED_AT] = now_ms
     if failure.death_reason:
         out[h.DEATH_REASON] = failure.death_reason
-    error_message = h.as_text(incoming.get(h.ERROR_MESSAGE))
+    error_message = h.as_text(get(h.ERROR_MESSAGE))
     if error_message is not None:
         out[h.ERROR_MESSAGE] = h.truncate(error_message)
 
     # Where the message goes back to: our own record first (it survives republishing),
     # then what the broker told us on the first death.
-    origin_exchange = h.as_text(incoming.get(h.ORIGIN_EXCHANGE))
-    origin_key = h.as_text(incoming.get(h.ORIGIN_ROUTING_KEY))
-    origin_queue = h.as_text(incoming.get(h.ORIGIN_QUEUE))
+    origin_exchange = h.as_text(get(h.ORIGIN_EXCHANGE))
+    origin_key = h.as_text(get(h.ORIGIN_ROUTING_KEY))
     if origin_exchange is None or origin_key is None:
         origin_exchange, origin_key = failure.origin_exchange, failure.origin_routing_key
         origin_queue = failure.origin_queue
+    else:
+        origin_queue = h.as_text(get(h.ORIGIN_QUEUE))
     if origin_exchange is not None and origin_key is not None:
         out[h.ORIGIN_EXCHANGE] = origin_exchange
         out[h.ORIGIN_ROUTING_KEY] = origin_key
         if origin_queue is not None:
             out[h.ORIGIN_QUEUE] = origin_queue
 
-    previous = _read_attempts(incoming.get(h.ATTEMPTS))
+    previous = _read_attempts(get(h.ATTEMPTS))
 
     def park(reason: ParkReason, detail: str, attempts: int) -> Park:
         out[h.ATTEMPTS] = attempts
         return Park(attempts, reason, detail, park_headers(out, reason, detail, now_ms, message_id))
 
     if previous is None:
-        bad = h.truncate(repr(incoming.get(h.ATTEMPTS)), 100)
+        bad = h.truncate(repr(get(h.ATTEMPTS)), 100)
         # Keep the bad value visible for the operator; the count restarts on replay.
         out["dlq-invalid-attempts"] = bad
         return park("invalid_header", f"{h.ATTEMPTS} is not a whole number: {bad}", 1)
     attempts = previous + 1
 
-    error_type = h.as_text(incoming.get(h.ERROR_TYPE))
+    error_type = h.as_text(get(h.ERROR_TYPE))
     if is_non_retryable(error_type, route.non_retryable):
         return park("non_retryable", f"{error_type} is listed as non-retryable", attempts)
     if h.ORIGIN_EXCHANGE not in out:

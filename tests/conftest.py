@@ -58,6 +58,7 @@ def delete_redis_topology(topology: Topology) -> None:
                 keys.work,
                 keys.dlq,
                 keys.inflight,
+                keys.claims,
                 keys.retry,
                 keys.seq,
                 keys.parked,

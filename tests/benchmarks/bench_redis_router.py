@@ -79,7 +79,17 @@ def topology(name: str, delays: list[str], max_attempts: int = 5) -> Topology:
 
 def cleanup(client: redis.Redis, topo: Topology, *extra: str) -> None:
     k = redis_keys(topo, topo.routes[0])
-    names = [k.work, k.dlq, k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.topology]
+    names = [
+        k.work,
+        k.dlq,
+        k.inflight,
+        k.claims,
+        k.retry,
+        k.seq,
+        k.parked,
+        k.parked_index,
+        k.topology,
+    ]
     client.unlink(*names, *[f"{k.work}\x06\x16{s}" for s in (3, 6, 9)], *extra)
 
 

@@ -178,7 +178,7 @@ class RedisDriver(BrokerDriver):
     def cleanup(self) -> None:
         """Delete every key this route derives (the work lists included)."""
         k = self.keys
-        names = [k.dlq, k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.topology]
+        names = [k.dlq, k.inflight, k.claims, k.retry, k.seq, k.parked, k.parked_index, k.topology]
         for name in [*names, *self.work_lists]:
             self.client.delete(name)  # one by one: the work lists are in other Cluster slots
 

@@ -6,6 +6,8 @@ import collections
 import threading
 from pathlib import Path
 
+import pytest
+
 from dlq_router import parking as p
 from dlq_router.backends import open_backend
 from dlq_router.backends.redis.parking import work_list
@@ -85,5 +87,33 @@ def test_unreadable_envelope_is_shown_raw_and_not_replayed(
         result = cli("replay", "-t", path, "--all")
         assert result.exit_code == 5 and "not readable" in result.output
         assert driver.parked_ids(topology.routes[0]) == ["junk"]
+    finally:
+        driver.close()
+
+
+def test_replay_in_several_pipelined_batches_keeps_order_and_counts(
+    make_topology: TopologyFactory, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dlq_router.backends.redis.parking as redis_parking
+
+    monkeypatch.setattr(redis_parking, "BATCH", 10)
+    topology = make_topology("redis", routes=[route_dict(uid)])
+    route = topology.routes[0]
+    driver = RedisParkDriver(topology)
+    moved: list[int] = []
+    try:
+        driver.park(route, [Parked(f"o{i}", parked_at=1000 + i) for i in range(25)])
+        backend = open_backend(topology)
+        try:
+            result = backend.parking.replay(
+                p.Selector(all=True), p.ReplayOptions(), progress=moved.append
+            )
+        finally:
+            backend.close()
+        assert (result.selected, result.replayed, result.skipped) == (25, 25, 0)
+        assert moved == [10, 10, 5]
+        order = [w.headers["id"] for w in driver.work(route)]
+        assert order == [f"task-o{i}" for i in range(25)]  # oldest first, as parked
+        assert driver.parked_ids(route) == []
     finally:
         driver.close()

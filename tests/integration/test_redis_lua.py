@@ -21,6 +21,7 @@ class Keys:
         self.work = uid
         self.work3, self.work6, self.work9 = (f"{uid}\x06\x16{s}" for s in (3, 6, 9))
         self.dlq, self.inflight, self.retry = f"{tag}:dlq", f"{tag}:inflight", f"{tag}:retry"
+        self.claims = f"{tag}:claims"
         self.seq, self.parked, self.index = f"{tag}:seq", f"{tag}:parked", f"{tag}:parked:index"
 
     def all(self) -> list[str]:
@@ -42,8 +43,18 @@ def run(redis_client: redis.Redis) -> Any:
     return call
 
 
-def claim(run: Any, k: Keys, n: int, lease: int = 10**13) -> list[bytes]:
-    return list(run("claim", [k.dlq, k.inflight, k.seq], [n, lease]))
+def claim(run: Any, k: Keys, n: int, lease: int = 10**13, batch: str = "b") -> list[str]:
+    """Claim up to n dead letters; the claim ids, oldest first (the letters: ``claimed``)."""
+    letters = run("claim", [k.dlq, k.inflight, k.claims], [n, lease, batch])
+    return [f"{batch}{i:04d}" for i in range(1, len(letters) + 1)]
+
+
+def claimed(run: Any, k: Keys, n: int, lease: int = 10**13, batch: str = "b") -> list[bytes]:
+    return list(run("claim", [k.dlq, k.inflight, k.claims], [n, lease, batch]))
+
+
+def recover(run: Any, k: Keys, now: int, limit: int = 100) -> int:
+    return int(run("recover", [k.inflight, k.dlq, k.claims], [now, limit]))
 
 
 def route(
@@ -57,9 +68,11 @@ def route(
     hold: int = 5000,
 ) -> tuple[str, str]:
     args: list[Any] = [now, max_length, overflow, hold]
-    for item in items:
-        args += item
-    statuses, min_score = run("route", [k.inflight, k.retry, k.seq, k.parked, k.index], args)
+    for op, claim_id, payload, arg in items:
+        args += [f"{op} {claim_id} {arg}", payload]
+    statuses, min_score = run(
+        "route", [k.inflight, k.retry, k.seq, k.parked, k.index, k.claims], args
+    )
     return statuses.decode(), min_score.decode()
 
 
@@ -67,13 +80,14 @@ def test_claim_leases_oldest_first_and_keeps_identical_letters_apart(
     run: Any, k: Keys, redis_client: redis.Redis
 ) -> None:
     redis_client.lpush(k.dlq, b"same", b"same", b"other")  # "same" was pushed first
-    members = claim(run, k, 2, lease=777)
-    assert [m.split(b"|", 1)[1] for m in members] == [b"same", b"same"]
-    assert len(set(members)) == 2
-    assert redis_client.zrange(k.inflight, 0, -1, withscores=True) == [(m, 777.0) for m in members]
+    assert claimed(run, k, 2, lease=777, batch="x") == [b"same", b"same"]
+    ids = [b"x0001", b"x0002"]  # the batch id and the 1-based position, four digits
+    assert redis_client.zrange(k.inflight, 0, -1, withscores=True) == [(i, 777.0) for i in ids]
+    assert redis_client.hgetall(k.claims) == {i: b"same" for i in ids}
     assert redis_client.lrange(k.dlq, 0, -1) == [b"other"]
-    assert len(claim(run, k, 10)) == 1
-    assert claim(run, k, 10) == []
+    assert claimed(run, k, 10, batch="y") == [b"other"]
+    assert claimed(run, k, 10, batch="z") == []
+    assert redis_client.zcard(k.inflight) == redis_client.hlen(k.claims) == 3
 
 
 def test_route_retries_in_fifo_order_within_a_millisecond(
@@ -87,7 +101,7 @@ def test_route_retries_in_fifo_order_within_a_millisecond(
     assert [m for m, _ in scores] == [b"0A", b"0B"]
     assert all(int(s) // SEQ == 5000 for _, s in scores)
     assert int(min_score) == int(scores[0][1])
-    assert redis_client.zcard(k.inflight) == 0
+    assert redis_client.zcard(k.inflight) == redis_client.hlen(k.claims) == 0
 
 
 def test_route_skips_a_dead_letter_whose_lease_was_lost(
@@ -95,7 +109,7 @@ def test_route_skips_a_dead_letter_whose_lease_was_lost(
 ) -> None:
     redis_client.lpush(k.dlq, b"a")
     (a,) = claim(run, k, 1, lease=10)
-    assert run("recover", [k.inflight, k.dlq], [11, 100]) == 1  # another router took it back
+    assert recover(run, k, 11) == 1  # another router took it back
     statuses, min_score = route(run, k, [["r", a, "0A", 5000], ["p", a, "{}", "id1"]])
     assert (statuses, min_score) == ("ss", "")
     assert redis_client.zcard(k.retry) == 0 and redis_client.hlen(k.parked) == 0
@@ -114,9 +128,21 @@ def test_route_parks_with_index_and_respects_reject_publish(
     assert redis_client.hgetall(k.parked) == {b"id-a": b'{"n":1}'}
     assert redis_client.zrange(k.index, 0, -1, withscores=True) == [(b"id-a", 1000.0)]
     # The refused one stays leased, until the hold ends, and is then recovered.
-    assert redis_client.zrange(k.inflight, 0, -1, withscores=True) == [(b, 4242.0)]
-    assert run("recover", [k.inflight, k.dlq], [4242, 100]) == 1
+    assert redis_client.zrange(k.inflight, 0, -1, withscores=True) == [(b.encode(), 4242.0)]
+    assert redis_client.hgetall(k.claims) == {b.encode(): b"b"}
+    assert recover(run, k, 4242) == 1
     assert redis_client.lrange(k.dlq, 0, -1) == [b"b"]
+    assert redis_client.hlen(k.claims) == 0
+
+
+def test_route_takes_parked_ids_with_spaces_and_newlines(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    redis_client.lpush(k.dlq, b"a")
+    (a,) = claim(run, k, 1)
+    odd = "kept id\nfrom  another tool"
+    assert route(run, k, [["p", a, "A", odd]])[0] == "p"
+    assert redis_client.hgetall(k.parked) == {odd.encode(): b"A"}
 
 
 def test_route_drop_head_drops_only_the_oldest(
@@ -136,13 +162,36 @@ def test_recover_returns_only_expired_leases_to_the_next_pop(
     run: Any, k: Keys, redis_client: redis.Redis
 ) -> None:
     redis_client.lpush(k.dlq, b"old")
-    claim(run, k, 1, lease=100)
+    claim(run, k, 1, lease=100, batch="a")
     redis_client.lpush(k.dlq, b"young")
-    claim(run, k, 1, lease=200)
+    claim(run, k, 1, lease=200, batch="b")
     redis_client.lpush(k.dlq, b"waiting")
-    assert run("recover", [k.inflight, k.dlq], [150, 100]) == 1
+    assert recover(run, k, 150) == 1
     assert redis_client.rpop(k.dlq) == b"old"  # claimed again before newer dead letters
-    assert redis_client.zcard(k.inflight) == 1
+    assert redis_client.zrange(k.inflight, 0, -1) == [b"b0001"]
+    assert redis_client.hgetall(k.claims) == {b"b0001": b"young"}
+
+
+def test_recover_puts_a_batch_back_in_claim_order(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    letters = [f"m{i}".encode() for i in range(12)]
+    redis_client.lpush(k.dlq, *letters)
+    claim(run, k, 5, lease=100, batch="a")
+    claim(run, k, 7, lease=200, batch="b")
+    assert recover(run, k, 1000, limit=100) == 12
+    assert claimed(run, k, 100) == letters  # oldest first, as if never claimed
+    recover(run, k, 10**14)
+
+
+def test_recover_reads_leases_taken_before_claim_ids(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    # An older router leased "<n>|<dead letter>" members with no claims hash entry.
+    redis_client.zadd(k.inflight, {b"41|old|letter": 100})
+    assert recover(run, k, 150) == 1
+    assert redis_client.lrange(k.dlq, 0, -1) == [b"old|letter"]
+    assert redis_client.zcard(k.inflight) == 0
 
 
 def test_move_moves_only_due_retries_to_kombu_priority_lists(
@@ -223,3 +272,17 @@ def test_script_header_states_its_contract_and_scripts_stay_in_one_slot(name: st
     assert "KEYS[1]" in header and "ARGV[1]" in header and "Returns" in header
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     assert "'KEYS'" not in code and "'SCAN'" not in code
+
+
+def test_parked_replay_moves_in_order_per_list_and_reports_what_was_gone(
+    run: Any, k: Keys, redis_client: redis.Redis
+) -> None:
+    odd = "id with spaces"
+    redis_client.hset(k.parked, mapping={"a": "A", "b": "B", odd: "C"})
+    redis_client.zadd(k.index, {"a": 1, "b": 2, odd: 3})
+    args = ["1 a", "new-a", "2 b", "new-b", "1 gone", "x", f"1 {odd}", "new-c"]
+    gone = run("parked_replay", [k.parked, k.index, k.work, k.work3], args)
+    assert gone == [b"gone"]
+    assert redis_client.lrange(k.work, 0, -1) == [b"new-c", b"new-a"]  # as two LPUSHes
+    assert redis_client.lrange(k.work3, 0, -1) == [b"new-b"]
+    assert redis_client.hlen(k.parked) == redis_client.zcard(k.index) == 0

@@ -19,6 +19,9 @@ import pytest
 
 from dlq_router.backends import open_backend
 from dlq_router.backends.base import RouterContext
+from dlq_router.backends.redis.connection import lua_source, script
+from dlq_router.backends.redis.mover import Mover
+from dlq_router.backends.redis.router import Claimer
 from dlq_router.metrics import Metrics
 from dlq_router.topology import Topology, parse_topology
 from tests.conftest import REDIS_URL, route_dict
@@ -270,3 +273,82 @@ def test_router_stops_within_a_second_and_leaves_nothing_leased(uid: str) -> Non
     finally:
         driver.cleanup()
         driver.close()
+
+
+@pytest.mark.parametrize("unloaded_script", [False, True])
+def test_backlog_is_routed_pipelined_with_nothing_left_behind(
+    uid: str, unloaded_script: bool
+) -> None:
+    """Under a backlog a decided batch is routed after the next claim; when the list is
+    drained every batch has been routed and accounted for. A route.lua that Redis does not
+    have (restart, SCRIPT FLUSH) answers NOSCRIPT to the pipelined call: nothing ran, and
+    the batch is routed by loading the script."""
+    topology = parse_topology({"url": REDIS_URL, "routes": [route_dict(uid)]}, source="<t>")
+    driver = RedisDriver(topology, topology.routes[0])
+    ctx = RouterContext(metrics=Metrics(), prefetch=10)
+    claimer = Claimer(topology, ctx, Mover(topology, ctx, priorities=True))
+    rk = claimer.routes[0]
+    client = driver.client
+    claim = script(client, "claim")
+    # A unique (comment-only) variant has a sha Redis has never seen.
+    route = client.register_script(lua_source("route") + f"\n-- {uid}\n")
+    if not unloaded_script:
+        route = script(client, "route")
+    try:
+        for i in range(25):  # two full batches of 10, then 5
+            driver.inject_dead_letter(b"body-%d" % i, {"seq": i})
+        assert claimer.claim_route(rk, claim, route) == 10
+        assert driver.client.zcard(driver.keys.retry) == 0  # decided, waiting for a claim
+        assert claimer.claim_route(rk, claim, route) == 10  # the first batch goes out
+        assert claimer.claim_route(rk, claim, route) == 5  # partial: routed at once
+        assert driver.client.zcard(driver.keys.retry) == 25
+        assert claimer.claim_route(rk, claim, route) == 0
+        members = driver.client.zrange(driver.keys.retry, 0, -1)
+        seqs = [json.loads(m[1:])["headers"]["seq"] for m in members]
+        assert sorted(seqs) == list(range(25))
+        assert driver.client.zcard(driver.keys.inflight) == 0
+        assert driver.client.hlen(driver.keys.claims) == 0
+        assert (
+            ctx.metrics.registry.get_sample_value("dlq_router_dead_letters_total", {"route": uid})
+            == 25
+        )
+    finally:
+        driver.cleanup()
+        driver.close()
+
+
+def test_stopping_routes_what_was_claimed_ahead_and_a_failure_leaves_it_leased(
+    uid: str,
+) -> None:
+    """finish() (a clean stop) routes the decided batch and the one claimed ahead; after a
+    failure the calls on the wire are dropped with their connections and the batches stay
+    leased (recover.lua returns them), and the client still works."""
+    topology = parse_topology({"url": REDIS_URL, "routes": [route_dict(uid)]}, source="<t>")
+    driver = RedisDriver(topology, topology.routes[0])
+    ctx = RouterContext(metrics=Metrics(), prefetch=10)
+    claimer = Claimer(topology, ctx, Mover(topology, ctx, priorities=True))
+    rk, client, k = claimer.routes[0], driver.client, driver.keys
+    claim, route = script(client, "claim"), script(client, "route")
+    try:
+        for i in range(50):
+            driver.inject_dead_letter(b"body-%d" % i, {"seq": i})
+        assert claimer.claim_route(rk, claim, route) == 10  # 10 decided, 10 claimed ahead
+        claimer.finish()
+        assert client.zcard(k.retry) == 20 and client.llen(k.dlq) == 30
+        assert client.zcard(k.inflight) == client.hlen(k.claims) == 0
+
+        assert claimer.claim_route(rk, claim, route) == 10
+        claimer._abandon()  # what run() does when the loop failed
+        assert client.zcard(k.retry) == 20 and client.llen(k.dlq) == 10
+        assert client.zcard(k.inflight) == client.hlen(k.claims) == 20
+        assert run_script(client, "recover", [k.inflight, k.dlq, k.claims], [10**14, 100]) == 20
+        while claimer.claim_route(rk, claim, route):
+            pass
+        assert client.zcard(k.retry) == 50 and client.zcard(k.inflight) == 0
+    finally:
+        driver.cleanup()
+        driver.close()
+
+
+def run_script(client: Any, name: str, keys: list[str], args: list[Any]) -> Any:
+    return script(client, name)(keys=keys, args=args)

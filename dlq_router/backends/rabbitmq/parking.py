@@ -31,6 +31,7 @@ from pika.spec import Basic
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import describe
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
 from dlq_router.names import rabbit_names
@@ -378,6 +379,8 @@ class _Publisher:
         self.lot = lot
         self.result = result
         self.progress = progress
+        # One socket write per ioloop turn instead of one per frame (three per publish).
+        Coalescer.install(connection._impl)
         self.channel = connection.channel()
         self.impl = self.channel._impl
         self.seq = 0

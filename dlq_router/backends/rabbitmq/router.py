@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +29,11 @@ from pika import spec
 from dlq_router import headers as h
 from dlq_router.backends.base import RouterContext
 from dlq_router.backends.rabbitmq import message
+from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import connect, describe, parameters
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerUnavailable, UsageError
+from dlq_router.ids import new_id
 from dlq_router.names import RabbitNames, rabbit_names
 from dlq_router.policy import PARK_REASONS, Decision, Park, Retry, decide, park_headers
 from dlq_router.topology import Route, Topology
@@ -84,42 +84,6 @@ class _Publish:
     props: spec.BasicProperties
     body: bytes
     returned: bool = False
-
-
-class _Coalescer:
-    """Send everything one ioloop turn produced (publishes, acks) in one socket write.
-
-    pika queues every frame as its own buffer and sends each with its own ``send()``; for
-    small messages those syscalls were a third of the router's CPU time. The bytes on the
-    wire and their order are unchanged: frames are only held until the ioloop has handled
-    what it read (a zero-delay timer runs before the next poll). Installed only where
-    pika has the hook (pika 1.x).
-    """
-
-    def __init__(self, connection: Any) -> None:
-        self.connection = connection
-        self.emit = connection._adapter_emit_data
-        self.buffer: list[bytes] = []
-
-    @classmethod
-    def install(cls, connection: Any) -> None:
-        if hasattr(connection, "_adapter_emit_data") and hasattr(
-            connection, "_output_marshaled_frames"
-        ):
-            connection._output_marshaled_frames = cls(connection).output
-
-    def output(self, frames: list[bytes]) -> None:
-        if not self.buffer:
-            self.connection.ioloop.call_later(0, self.flush)
-        self.buffer += frames
-        self.connection.frames_sent += len(frames)
-
-    def flush(self) -> None:
-        data = b"".join(self.buffer)
-        self.buffer.clear()
-        if data:
-            self.connection.bytes_sent += len(data)
-            self.emit(data)
 
 
 def preflight(topology: Topology, client_name: str) -> None:
@@ -176,14 +140,7 @@ class Router:
         self.connection: Any = None
         self.channel: Any = None
         self.generation = 0
-        # Parked ids: a random per-process prefix and a counter (uuid4 per message costs a
-        # getrandom() call on the hot path).
-        self._id_prefix = uuid.uuid4().hex[:16]
-        self._ids = itertools.count()
         self._reset()
-
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):08x}"
 
     def _reset(self) -> None:
         self.pending: dict[int, _Publish] = {}  # publish sequence number -> publish
@@ -211,7 +168,7 @@ class Router:
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
             )
-            _Coalescer.install(self.connection)
+            Coalescer.install(self.connection)
             self.connection.ioloop.call_later(TICK, self._tick)
             try:
                 self.connection.ioloop.start()
@@ -363,7 +320,7 @@ class Router:
                 message.failure(incoming),
                 now_ms=self.ctx.now_ms(),
                 rng=self.ctx.rng,
-                message_id=self._new_id(),
+                message_id=new_id(),
                 continuous_jitter=False,
             )
             message.carry_over(props, decision.headers, self.user)
@@ -406,7 +363,7 @@ class Router:
             self.log.warning("dropped router text headers to fit frame_max=%d", self.frame_max)
             return decision
         minimal = message.minimal_park(
-            decision.headers, r.route.name, decision.attempts, self.ctx.now_ms(), self._new_id()
+            decision.headers, r.route.name, decision.attempts, self.ctx.now_ms(), new_id()
         )
         minimal[h.PUBLISH_ID] = seq
         props.headers = minimal
@@ -494,7 +451,7 @@ class Router:
         }
         lane = p.route.names.tiers[p.decision.tier].lanes[p.decision.lane].queue
         detail = f"retry queue {lane!r} did not accept the message"
-        headers = park_headers(base, "unroutable", detail, self.ctx.now_ms(), self._new_id())
+        headers = park_headers(base, "unroutable", detail, self.ctx.now_ms(), new_id())
         park = Park(p.decision.attempts, "unroutable", detail, headers)
         self._publish(p.route, p.tag, p.props, p.body, park)
 

@@ -63,3 +63,57 @@ def lua_source(name: str) -> str:
 def script(client: RedisClient, name: str) -> Any:
     """A registered script (EVALSHA with EVAL fallback); every key must be passed in KEYS."""
     return client.register_script(lua_source(name))
+
+
+class DeferredCall:
+    """A script call sent now whose reply is read later, so Python works meanwhile.
+
+    The connection is held until the reply is read (nothing else may be sent on it). On
+    Redis Cluster, whose client handles redirections itself, the call is made at once.
+    """
+
+    def __init__(self, script: Any, keys: list[str], args: list[Any]) -> None:
+        self.script, self.keys, self.args = script, keys, args
+        self.client = script.registered_client
+        self.pool = getattr(self.client, "connection_pool", None)
+        self.conn: Any = None
+        self.reply: Any = None
+        if self.pool is None:
+            self.reply = script(keys=keys, args=args)
+            return
+        conn = self.pool.get_connection()
+        try:
+            # One buffer, one write: redis-py would send its ~6 KB chunks one syscall each.
+            packed = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            conn.send_packed_command([b"".join(packed)])
+        except BaseException:
+            conn.disconnect()
+            self.pool.release(conn)
+            raise
+        self.conn = conn
+
+    def result(self) -> Any:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return self.reply
+        try:
+            self.reply = self.client.parse_response(conn, "EVALSHA")
+        except rex.NoScriptError:
+            # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran. The script
+            # object loads it and calls again.
+            self.reply = None
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.pool.release(conn)  # type: ignore[union-attr]
+        if self.reply is None:
+            self.reply = self.script(keys=self.keys, args=self.args)
+        return self.reply
+
+    def abandon(self) -> None:
+        """Forget the call: its reply must never reach the connection's next user."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.disconnect()
+            self.pool.release(conn)  # type: ignore[union-attr]

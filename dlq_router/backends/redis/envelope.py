@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from bisect import bisect
 from dataclasses import dataclass
 from typing import Any
+
+from dlq_router.ids import new_id
 
 # kombu.transport.redis: Channel.sep and PRIORITY_STEPS. A message of priority p goes to
 # the list ``queue + SEP + step`` (just ``queue`` for step 0), step = the largest step <= p.
 # Workers BRPOP the lists in step order, so on Redis *lower* numbers are served first.
 SEP = "\x06\x16"
 PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+# json.dumps' defaults without the cycle check: parsed JSON has no cycles (same output).
+_encode = json.JSONEncoder(check_circular=False).encode
 
 
 class Malformed(ValueError):
@@ -66,8 +71,8 @@ class Envelope:
         out = dict(self.data)
         out["headers"] = headers
         if new_delivery_tag:
-            out["properties"] = {**self.properties, "delivery_tag": str(uuid.uuid4())}
-        return json.dumps(out)
+            out["properties"] = {**self.properties, "delivery_tag": new_id()}
+        return _encode(out)
 
 
 def parse(raw: bytes) -> Envelope:
@@ -99,7 +104,7 @@ def wrap_malformed(raw: bytes, headers: dict[str, Any], queue: str) -> str:
             "properties": {
                 "body_encoding": "base64",
                 "delivery_info": {"exchange": "", "routing_key": queue},
-                "delivery_tag": str(uuid.uuid4()),
+                "delivery_tag": new_id(),
                 "priority": 0,
             },
         }

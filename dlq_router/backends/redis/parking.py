@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import uuid
 from bisect import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ import redis.exceptions as rex
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.backends.redis.connection import RedisClient, describe, script
+from dlq_router.backends.redis.connection import DeferredCall, RedisClient, describe, script
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
+from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
 from dlq_router.parking import (
     Progress,
@@ -116,6 +116,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in a kombu envelope")
 
 
+# json.dumps(..., default=) builds a new encoder per call; one, without the cycle check
+# (decoded JSON and header dicts have no cycles), writes the same text.
+_encode = json.JSONEncoder(default=_json_default, check_circular=False).encode
+
+
 def envelope_for(msg: ParkedMessage, route: Route) -> dict[str, Any]:
     """A kombu envelope for a message parked elsewhere (import from RabbitMQ or a file)."""
     props = {
@@ -132,7 +137,7 @@ def envelope_for(msg: ParkedMessage, route: Route) -> dict[str, Any]:
     )
     props.setdefault("priority", 0)
     props["body_encoding"] = "base64"
-    props["delivery_tag"] = str(uuid.uuid4())
+    props["delivery_tag"] = new_id()
     return {
         "body": base64.b64encode(msg.body).decode("ascii"),
         "content-encoding": msg.properties.get("content_encoding"),
@@ -262,16 +267,41 @@ class RedisParkingLot:
         if options.to_route is not None:
             self._destination(self.topology.routes[0], options)  # fail before reading
         move = script(self.client, "parked_replay")
+        # Pipelined: batch N is sent to parked_replay.lua once batch N+1 is fetched, and its
+        # reply read once N+1 is built, so Redis moves while Python builds envelopes.
+        built: tuple[list[str], list[Any], int] | None = None  # keys, args, count
+        moving: tuple[DeferredCall, int] | None = None
+
+        def settle() -> None:
+            nonlocal moving
+            if moving is not None:
+                call, count = moving
+                moving = None
+                gone = call.result()
+                result.replayed += count - len(gone)
+                result.skipped += len(gone)
+                progress(count)
+
+        def send() -> None:
+            nonlocal built, moving
+            if built is not None:
+                keys, args, count = built
+                built = None
+                settle()  # one batch in flight at a time, in order
+                limiter.wait(count)
+                moving = (DeferredCall(move, keys, args), count)
+
         try:
             batches = self._batches(
                 selector, limiter.batch_size(BATCH), result, full=options.dry_run
             )
             for route, entries in batches:
+                send()
                 dest = self._destination(route, options)
                 if options.dry_run:
                     result.planned += [(e.msg, f"redis list {dest.queue}") for e in entries]
                     continue
-                lists: list[str] = []
+                lists: dict[str, int] = {}  # destination list -> its number in the script
                 args: list[Any] = []
                 for entry in entries:
                     if entry.envelope is None:
@@ -279,23 +309,18 @@ class RedisParkingLot:
                         continue
                     env = self._replay_envelope(entry, dest, options)
                     target = work_list(dest.queue, env["properties"].get("priority"))
-                    if target not in lists:
-                        lists.append(target)
-                    args += [
-                        entry.msg.id,
-                        lists.index(target) + 1,
-                        json.dumps(env, default=_json_default),
-                    ]
-                if not args:
-                    continue
-                limiter.wait(len(args) // 3)
-                keys = self._keys(route)
-                gone = move(keys=[keys.parked, keys.parked_index, *lists], args=args)
-                result.replayed += len(args) // 3 - len(gone)
-                result.skipped += len(gone)
-                progress(len(args) // 3)
+                    number = lists.setdefault(target, len(lists) + 1)
+                    args += [f"{number} {entry.msg.id}", _encode(env)]
+                if args:
+                    keys = self._keys(route)
+                    built = ([keys.parked, keys.parked_index, *lists], args, len(args) // 2)
+            send()
+            settle()
         except rex.RedisError as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+        finally:
+            if moving is not None:
+                moving[0].abandon()
         return result
 
     @staticmethod
@@ -305,7 +330,7 @@ class RedisParkingLot:
         env = dict(entry.envelope)
         env["headers"] = reset_for_replay(entry.msg.headers, keep_attempts=options.keep_attempts)
         props = dict(env.get("properties") or {})
-        props["delivery_tag"] = str(uuid.uuid4())
+        props["delivery_tag"] = new_id()
         if options.to_route is not None:
             props["delivery_info"] = {
                 **(props.get("delivery_info") or {}),
@@ -348,7 +373,7 @@ class RedisParkingLot:
                     args: list[Any] = []
                     for msg in chunk:
                         env = envelope_for(msg, route)
-                        args += [msg.id, parked_at(msg), json.dumps(env, default=_json_default)]
+                        args += [msg.id, parked_at(msg), _encode(env)]
                     added = add(keys=[keys.parked, keys.parked_index], args=args)
                     result.replayed += len(added)
                     result.skipped += len(chunk) - len(added)

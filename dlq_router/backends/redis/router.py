@@ -4,20 +4,24 @@ Two working threads, each with its own connection (plus one that turns ``ctx.sto
 the internal halt flag): the claimer (the calling thread) leases dead letters
 (claim.lua), asks the policy what to do, applies every decision of the batch atomically
 (route.lua) and recovers expired leases (recover.lua); the mover (mover.py) pushes due
-retries back to the work list. A crash between claim and route leaves the batch leased in
-``{q}:inflight``; it goes back to the dead-letter list when the lease expires. At least
-once: a recovered batch may be routed again after a crash, never lost.
+retries back to the work list. A crash between claim and route leaves the batch leased
+(claim ids in ``{q}:inflight``, the dead letters in ``{q}:claims``); it goes back to the
+dead-letter list when the lease expires. At least once: a recovered batch may be routed
+again after a crash, never lost. Each dead letter crosses the wire once: route.lua gets
+claim ids and new payloads, not the claimed bytes again. Under a backlog the claimer
+pipelines: batch N's route.lua call is sent after batch N+1 is claimed and its reply read
+after N+1 is decided, so Redis and Python work at the same time (on Redis Cluster the call
+is made synchronously: redirections are the cluster client's job).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis.exceptions as rex
 
@@ -26,6 +30,7 @@ from dlq_router.backends.base import RouterContext
 from dlq_router.backends.redis import envelope
 from dlq_router.backends.redis.connection import (
     CONNECTION_ERRORS,
+    DeferredCall,
     RedisClient,
     connect,
     describe,
@@ -34,6 +39,7 @@ from dlq_router.backends.redis.connection import (
 from dlq_router.backends.redis.mover import Mover
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerError, BrokerUnavailable
+from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
 from dlq_router.policy import Failure, Park, decide, park_headers
 from dlq_router.topology import Route, Topology
@@ -58,15 +64,23 @@ class RouteKeys:
     keys: RedisKeys
 
 
-@dataclass(frozen=True)
-class Item:
-    """One decision, as route.lua takes it."""
+class Item(NamedTuple):
+    """One decision, as route.lua takes it (a tuple: one is built per dead letter)."""
 
     op: str  # "r" retry / "p" park
-    member: bytes  # the claimed inflight member
+    claim: str  # the claim id (lease) of the dead letter
     payload: str  # retry member or parked envelope
     arg: int | str  # due ms / parked id
     label: str  # tier (retry) or park reason, for metrics
+
+
+class _Decided(NamedTuple):
+    """A decided batch, not yet sent to route.lua."""
+
+    rk: RouteKeys
+    route_batch: Any  # the registered route.lua script
+    items: list[Item]
+    args: list[Any]
 
 
 def supervise(
@@ -115,8 +129,69 @@ class Claimer:
         self.mover = mover
         self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
         self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
+        # Under a backlog the claimer pipelines (claim, decide and route of consecutive
+        # batches overlap; Redis and Python work at the same time):
+        #   read claim N+1 -> send route N -> send claim N+2 -> decide N+1 -> read route N
+        # Batches are still routed one at a time, in claim order, each atomically.
+        self._decided: _Decided | None = None
+        self._routing: tuple[_Decided, DeferredCall] | None = None
+        # route name -> (its next claim, on the wire; that batch's id; route.lua)
+        self._claims: dict[str, tuple[DeferredCall, str, Any]] = {}
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
+        try:
+            self._loop(client, halt)
+            self.finish()  # what is claimed or decided is routed before the client closes
+        finally:
+            self._abandon()  # after a failure; the leases expire and are recovered
+
+    def finish(self) -> None:
+        """Route everything claimed or decided, and read every reply still on the wire."""
+        self._send_decided()
+        self._collect_route()
+        while self._claims:
+            name, (call, batch_id, route_batch) = self._claims.popitem()
+            letters: list[bytes] = call.result()
+            if letters:
+                rk = next(r for r in self.routes if r.route.name == name)
+                self._decided = self._decide_batch(rk, route_batch, batch_id, letters)
+                self._send_decided()
+                self._collect_route()
+
+    def _abandon(self) -> None:
+        self._decided = None
+        routing, self._routing = self._routing, None
+        calls = [call for call, _, _ in self._claims.values()]
+        self._claims.clear()
+        if routing is not None:
+            calls.append(routing[1])
+        for call in calls:
+            call.abandon()
+
+    def _send_decided(self) -> None:
+        decided, self._decided = self._decided, None
+        if decided is not None:
+            self._collect_route()  # one route.lua call in flight at a time
+            k = decided.rk.keys
+            keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
+            self._routing = (decided, DeferredCall(decided.route_batch, keys, decided.args))
+
+    def _collect_route(self) -> None:
+        routing, self._routing = self._routing, None
+        if routing is not None:
+            decided, call = routing
+            statuses, min_score = call.result()
+            if min_score:
+                self.mover.schedule(int(min_score))
+            self.account(decided.rk, decided.items, statuses.decode())
+
+    def _claim(self, rk: RouteKeys, claim: Any, batch_id: str) -> DeferredCall:
+        k = rk.keys
+        lease_until = self.ctx.now_ms() + LEASE_MS
+        args = [self.batch, lease_until, batch_id]
+        return DeferredCall(claim, [k.dlq, k.inflight, k.claims], args)
+
+    def _loop(self, client: RedisClient, halt: threading.Event) -> None:
         claim, route_batch = script(client, "claim"), script(client, "route")
         recover, expire = script(client, "recover"), script(client, "expire_parked")
         self.maintain(recover, expire)
@@ -145,7 +220,11 @@ class Claimer:
         for rk in self.routes:
             k = rk.keys
             while True:
-                n = int(recover(keys=[k.inflight, k.dlq], args=[self.ctx.now_ms(), RECOVER_LIMIT]))
+                n = int(
+                    recover(
+                        keys=[k.inflight, k.dlq, k.claims], args=[self.ctx.now_ms(), RECOVER_LIMIT]
+                    )
+                )
                 if n:
                     self.ctx.log.info("%s: recovered %d dead letter(s) from leases", k.dlq, n)
                 if n < RECOVER_LIMIT:
@@ -161,36 +240,50 @@ class Claimer:
                         break
 
     def claim_route(self, rk: RouteKeys, claim: Any, route_batch: Any) -> int:
-        k = rk.keys
-        now = self.ctx.now_ms()
-        members: list[bytes] = claim(
-            keys=[k.dlq, k.inflight, k.seq], args=[self.batch, now + LEASE_MS]
-        )
-        if not members:
+        self._collect_route()  # sent before the last batch was decided: its reply is waiting
+        pending = self._claims.pop(rk.route.name, None)
+        if pending is None:
+            batch_id = new_id()
+            call = self._claim(rk, claim, batch_id)
+        else:
+            call, batch_id, _ = pending
+        letters: list[bytes] = call.result()
+        self._send_decided()  # Redis routes the previous batch while this one is decided
+        if len(letters) >= self.batch:  # a backlog: claim the next batch meanwhile too
+            next_id = new_id()
+            self._claims[rk.route.name] = (self._claim(rk, claim, next_id), next_id, route_batch)
+        if not letters:
+            self._collect_route()
             return 0
-        items = [self.decide(rk, m, now) for m in members]
+        self._decided = self._decide_batch(rk, route_batch, batch_id, letters)
+        if len(letters) < self.batch:  # no backlog, so nothing to overlap with: route now
+            self._send_decided()
+            self._collect_route()
+        return len(letters)
+
+    def _decide_batch(
+        self, rk: RouteKeys, route_batch: Any, batch_id: str, letters: list[bytes]
+    ) -> _Decided:
+        now = self.ctx.now_ms()
+        # claim.lua's claim ids: the batch id and the 1-based position, four digits.
+        items = [
+            self.decide(rk, f"{batch_id}{i:04d}", raw, now) for i, raw in enumerate(letters, 1)
+        ]
         parking = rk.route.parking
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
-            args += [item.op, item.member, item.payload, item.arg]
-        statuses, min_score = route_batch(
-            keys=[k.inflight, k.retry, k.seq, k.parked, k.parked_index], args=args
-        )
-        if min_score:
-            self.mover.schedule(int(min_score))
-        self.account(rk, items, statuses.decode())
-        return len(members)
+            args += [f"{item.op} {item.claim} {item.arg}", item.payload]
+        return _Decided(rk, route_batch, items, args)
 
-    def decide(self, rk: RouteKeys, member: bytes, now: int) -> Item:
+    def decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
         route, queue = rk.route, rk.route.queue
-        raw = member.split(b"|", 1)[1]
-        message_id = uuid.uuid4().hex
+        message_id = new_id()
         try:
             env = envelope.parse(raw)
         except envelope.Malformed as exc:
             headers = park_headers({h.ROUTE: route.name}, "malformed", str(exc), now, message_id)
             payload = envelope.wrap_malformed(raw, headers, queue)
-            return Item("p", member, payload, str(headers[h.ID]), "malformed")
+            return Item("p", claim, payload, str(headers[h.ID]), "malformed")
         info = env.delivery_info
         failure = Failure(
             env.headers,
@@ -208,11 +301,11 @@ class Claimer:
         )
         if isinstance(decision, Park):
             payload = env.with_headers(decision.headers, new_delivery_tag=False)
-            return Item("p", member, payload, str(decision.headers[h.ID]), decision.reason)
+            return Item("p", claim, payload, str(decision.headers[h.ID]), decision.reason)
         step = env.priority_step() if self.mover.priorities else 0
         payload = str(step) + env.with_headers(decision.headers, new_delivery_tag=True)
         tier = format_duration_ms(route.retry.delays[decision.tier])
-        return Item("r", member, payload, decision.due_at_ms, tier)
+        return Item("r", claim, payload, decision.due_at_ms, tier)
 
     def account(self, rk: RouteKeys, items: list[Item], statuses: str) -> None:
         """Count a batch's outcomes (one counter update per label, not per message)."""
