@@ -98,17 +98,16 @@ class DeferredCall:
             return self.reply
         try:
             self.reply = self.client.parse_response(conn, "EVALSHA")
+            return self.reply
         except rex.NoScriptError:
-            # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran. The script
-            # object loads it and calls again.
-            self.reply = None
+            pass  # Redis lost its scripts (restart, SCRIPT FLUSH): nothing ran
         except BaseException:
             conn.disconnect()
             raise
         finally:
             self.pool.release(conn)  # type: ignore[union-attr]
-        if self.reply is None:
-            self.reply = self.script(keys=self.keys, args=self.args)
+        # The script object loads the script and calls again.
+        self.reply = self.script(keys=self.keys, args=self.args)
         return self.reply
 
     def abandon(self) -> None:
