@@ -23,9 +23,12 @@ lint: install
 test: install brokers lint
 	$(VENV)/bin/pytest -q
 
+# The pauses let RabbitMQ clean up the previous script's queues before the next one measures.
 bench: install brokers
 	$(PY) tests/benchmarks/bench_rabbit_router.py
+	sleep 20
 	$(PY) tests/benchmarks/bench_redis_router.py
+	sleep 20
 	$(PY) tests/benchmarks/bench_parking.py
 
 demo: install brokers

@@ -232,16 +232,26 @@ def consume_lateness(queue: str, total: int, out: Any) -> None:
     out.send(samples)
 
 
-def lateness(conn: Any, uid: str, workdir: Path, rate: int, seconds: float) -> list[float]:
-    topology = bench_topology(uid, "1s", "delay")
+def lateness(
+    conn: Any, uid: str, workdir: Path, rate: int, seconds: float, *, via_router: bool
+) -> list[float]:
+    """Feed ``rate`` messages/s for ``seconds``; lateness of each arrival in the work queue.
+
+    ``via_router``: dead letters go to the DLQ and the router stamps ``dlq-retry-due-at`` and
+    publishes them to the 1 s tier. Otherwise (the control) the feeder publishes straight
+    into the tier, stamping the due time itself: the broker's own floor, no router.
+    """
+    name = "delay" if via_router else "control"
+    topology = bench_topology(uid, "1s", name)
     names = rabbit_names(topology, topology.routes[0])
+    lane = names.tiers[0].lanes[0]
     declare(conn, URL, topology_specs(topology), dry_run=False)
     total = int(rate * seconds)
     receiver, sender = multiprocessing.Pipe(duplex=False)
     consumer = multiprocessing.Process(
         target=consume_lateness, args=(names.work_queue, total, sender)
     )
-    proc = start_router(topology, workdir)
+    proc = start_router(topology, workdir) if via_router else None
     try:
         consumer.start()
         time.sleep(1.5)  # router and consumer connected
@@ -253,13 +263,26 @@ def lateness(conn: Any, uid: str, workdir: Path, rate: int, seconds: float) -> l
             target = started + i / rate
             while (now := time.monotonic()) < target:
                 time.sleep(min(0.001, target - now))
-            pch.basic_publish("", names.dlq, BODY, props({**headers, "i": i}, i))
+            if via_router:
+                pch.basic_publish("", names.dlq, BODY, props({**headers, "i": i}, i))
+            else:
+                due = {h.RETRY_DUE_AT: int(time.time() * 1000) + lane.ttl_ms, "i": i}
+                pch.basic_publish(names.retry_exchange, lane.queue, BODY, props(due, i))
         samples: list[float] = receiver.recv() if receiver.poll(seconds + 30) else []
         consumer.join(10)
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         cleanup(conn.channel(), topology)
     return samples
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(statistics.median(samples), 2),
+        "p99": round(pct(samples, 0.99), 2),
+        "max": round(max(samples), 2),
+    }
 
 
 def pct(values: list[float], q: float) -> float:
@@ -289,17 +312,18 @@ def main() -> None:
             flush=True,
         )
         print(f"ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
-        samples = lateness(conn, uid, workdir, args.rate, args.seconds)
+        samples = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=True)
+        control = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=False)
     with contextlib.suppress(Exception):
         conn.close()
-    late = {
-        "p50": round(statistics.median(samples), 2),
-        "p99": round(pct(samples, 0.99), 2),
-        "max": round(max(samples), 2),
-    }
+    late, floor = summary(samples), summary(control)
     print(
         f"lateness at {args.rate}/s through a 1 s tier ({len(samples)} samples): "
         f"p50 {late['p50']} ms, p99 {late['p99']} ms, max {late['max']} ms (target p99 <= 10)"
+    )
+    print(
+        f"control, straight into the tier without the router ({len(control)} samples): "
+        f"p50 {floor['p50']} ms, p99 {floor['p99']} ms, max {floor['max']} ms"
     )
     result = {
         "n": args.n,
@@ -308,6 +332,7 @@ def main() -> None:
         "ratio": round(router / shovel, 3),
         "lateness_ms": late,
         "lateness_samples": len(samples),
+        "control_lateness_ms": floor,
         "rate_per_s": args.rate,
         "router_processes": args.processes,
     }
