@@ -40,7 +40,7 @@ from tests.conftest import (
     delete_redis_topology,
     route_dict,
 )
-from tests.integration.test_parking_support import (
+from tests.integration.parking_support import (
     Parked,
     RedisParkDriver,
     cli,

@@ -1,6 +1,6 @@
 """The parking-lot behaviour suite, written once and run against RabbitMQ and Redis.
 
-Messages are parked directly in the routers' format (test_parking_support), then the CLI is
+Messages are parked directly in the routers' format (parking_support), then the CLI is
 driven in-process and the broker is checked independently of dlq-router's own reading.
 """
 
@@ -18,7 +18,7 @@ from dlq_router import parking as p
 from dlq_router.backends import open_backend
 from dlq_router.topology import Route, Topology
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.test_parking_support import (
+from tests.integration.parking_support import (
     ParkDriver,
     Parked,
     RabbitParkDriver,

@@ -21,7 +21,7 @@ import pytest
 
 from dlq_router.backends.rabbitmq.parking import WINDOW
 from tests.conftest import RABBIT_URL, TopologyFactory, route_dict
-from tests.integration.test_parking_support import (
+from tests.integration.parking_support import (
     ParkDriver,
     Parked,
     RabbitParkDriver,

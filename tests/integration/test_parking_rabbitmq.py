@@ -13,7 +13,7 @@ from dlq_router import parking as p
 from dlq_router.backends import open_backend
 from dlq_router.names import rabbit_names
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.test_parking_support import (
+from tests.integration.parking_support import (
     Parked,
     RabbitParkDriver,
     RedisParkDriver,

@@ -13,7 +13,7 @@ from dlq_router.backends import open_backend
 from dlq_router.backends.redis.parking import work_list
 from dlq_router.names import redis_keys
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.test_parking_support import Parked, RedisParkDriver, cli, write_topology
+from tests.integration.parking_support import Parked, RedisParkDriver, cli, write_topology
 
 
 def test_work_list_follows_kombu_priority_steps() -> None:
