@@ -9,7 +9,9 @@ does, and reads the parking lot without consuming it. Implementations:
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,3 +86,21 @@ class BrokerDriver(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned), or fail the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def receive(driver: BrokerDriver, timeout: float = 5.0) -> Received:
+    """One message from the work queue, or fail the test saying where messages are."""
+    msg = driver.receive(timeout)
+    assert msg is not None, f"nothing arrived within {timeout}s; counts: {driver.counts()}"
+    return msg

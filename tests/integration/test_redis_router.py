@@ -25,7 +25,7 @@ from dlq_router.backends.redis.router import Claimer
 from dlq_router.metrics import Metrics
 from dlq_router.topology import Topology, parse_topology
 from tests.conftest import REDIS_URL, route_dict
-from tests.integration.drivers import BrokerDriver, Received
+from tests.integration.drivers import BrokerDriver, receive, wait_for
 from tests.integration.redis_cluster import (
     local_server,
     redis_cluster_url,  # noqa: F401 - fixture
@@ -35,14 +35,6 @@ from tests.integration.redis_driver import RedisDriver
 ROOT = Path(__file__).resolve().parents[2]
 DELAYS_MS = (200, 400, 800)  # route_dict's tiers
 MaybeDriver = Callable[..., tuple[Topology, BrokerDriver]]
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def wait_counts(driver: BrokerDriver, timeout: float = 10.0, **expected: int) -> None:
@@ -109,12 +101,6 @@ def start_router() -> Iterator[Callable[[Topology], RouterThread]]:
     yield start
     for router in running:
         router.stop()
-
-
-def receive(driver: BrokerDriver, timeout: float = 5.0) -> Received:
-    msg = driver.receive(timeout)
-    assert msg is not None, f"nothing arrived in {timeout}s; counts {driver.counts()}"
-    return msg
 
 
 def take_all(driver: BrokerDriver, n: int, timeout: float) -> list[str]:

@@ -21,7 +21,7 @@ from dlq_router import headers as h
 from dlq_router.backends import open_backend
 from dlq_router.topology import Topology
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.drivers import BrokerDriver, Received
+from tests.integration.drivers import BrokerDriver, Received, receive, wait_for
 from tests.integration.rabbit_driver import RabbitDriver
 from tests.integration.redis_driver import RedisDriver
 from tests.integration.router_process import RouterProcess
@@ -91,22 +91,6 @@ def router(driver: BrokerDriver, tmp_path: Path) -> Iterator[RouterFactory]:
     yield start
     for proc in started:
         proc.close()
-
-
-def receive(driver: BrokerDriver, timeout: float = 5.0) -> Received:
-    msg = driver.receive(timeout)
-    assert msg is not None, f"nothing arrived within {timeout}s; counts: {driver.counts()}"
-    return msg
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
 def wait_parked(driver: BrokerDriver, n: int = 1, timeout: float = 5.0) -> list[Received]:
