@@ -12,6 +12,8 @@ original as ``__cause__``); the CLI catches ``DlqRouterError`` once and prints o
     ├── TopologyConflict            exit 3  existing objects with different arguments
     ├── NotFound                    exit 4  an id or object that does not exist
     └── PartialFailure              exit 5  a bulk operation where some items failed
+
+Interrupted commands exit 130 (caught in ``cli.common.cli_errors``).
 """
 
 from __future__ import annotations
