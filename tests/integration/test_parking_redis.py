@@ -10,7 +10,7 @@ import pytest
 
 from dlq_router import parking as p
 from dlq_router.backends import open_backend
-from dlq_router.backends.redis.parking import work_list
+from dlq_router.backends.redis.envelope import Envelope, work_list
 from dlq_router.names import redis_keys
 from tests.conftest import TopologyFactory, route_dict
 from tests.integration.parking_support import Parked, RedisParkDriver, cli, write_topology
@@ -22,7 +22,8 @@ def test_work_list_follows_kombu_priority_steps() -> None:
     for priority in (None, 0, 1, 3, 5, 6, 9, 12, "x"):
         kombu_step = Channel.priority(Channel, 0 if priority in (None, "x") else min(priority, 9))  # type: ignore[arg-type]
         expected = "q" if kombu_step == 0 else f"q\x06\x16{kombu_step}"
-        assert work_list("q", priority) == expected
+        step = Envelope({"properties": {"priority": priority}}).priority_step()
+        assert work_list("q", step) == expected
 
 
 def test_replay_pushes_to_the_priority_list_kombu_reads(

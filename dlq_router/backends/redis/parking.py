@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from bisect import bisect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -24,6 +23,7 @@ import redis.exceptions as rex
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
 from dlq_router.backends.redis.connection import DeferredCall, RedisClient, describe, script
+from dlq_router.backends.redis.envelope import Envelope, work_list
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
 from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
@@ -44,22 +44,8 @@ from dlq_router.topology import Route, Topology
 
 PAGE = 1000
 BATCH = 1000
-# kombu's Redis transport: priority n goes to queue + SEP + step, step = the largest of
-# PRIORITY_STEPS <= n (0 is the plain list). Consumers BRPOP the lists in step order.
-PRIORITY_STEPS = [0, 3, 6, 9]
-SEP = "\x06\x16"
 # Envelope properties that belong to one delivery and are regenerated, not exported.
 _TRANSPORT_PROPERTIES = ("body_encoding", "delivery_tag")
-
-
-def work_list(queue: str, priority: Any) -> str:
-    """The kombu list a message of this priority is pushed to."""
-    try:
-        pri = max(0, min(int(priority), 9))
-    except (TypeError, ValueError):
-        pri = 0
-    step = PRIORITY_STEPS[bisect(PRIORITY_STEPS, pri) - 1]
-    return f"{queue}{SEP}{step}" if step else queue
 
 
 @dataclass
@@ -308,7 +294,8 @@ class RedisParkingLot:
                         result.fail(entry.msg.id, "stored envelope is not readable JSON")
                         continue
                     env = self._replay_envelope(entry, dest, options)
-                    target = work_list(dest.queue, env["properties"].get("priority"))
+                    # kombu's priority list for this message, as its own _put would pick
+                    target = work_list(dest.queue, Envelope(env).priority_step())
                     number = lists.setdefault(target, len(lists) + 1)
                     args += [f"{number} {entry.msg.id}", _encode(env)]
                 if args:
