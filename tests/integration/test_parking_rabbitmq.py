@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pika
 import pika.exceptions
@@ -11,6 +12,7 @@ import pytest
 
 from dlq_router import parking as p
 from dlq_router.backends import open_backend
+from dlq_router.backends.rabbitmq.parking import RabbitParkingLot
 from dlq_router.names import rabbit_names
 from tests.conftest import TopologyFactory, route_dict
 from tests.integration.parking_support import (
@@ -161,3 +163,37 @@ def test_export_from_rabbitmq_import_to_redis(
     finally:
         source.close()
         target.close()
+
+
+def test_import_reports_what_the_broker_returned(
+    make_topology: TopologyFactory,
+    uid: str,
+    tmp_path: Path,
+    amqp: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Import checks that the parking queue exists; if it goes before the publishes arrive,
+    the broker returns them (mandatory) and import must say so, not count them imported."""
+    topology = make_topology(routes=[route_dict(uid)])
+    route = topology.routes[0]
+    driver = RabbitParkDriver(topology)
+    try:
+        driver.park(route, [Parked("i1"), Parked("i2")])
+        path = write_topology(topology, tmp_path / "t.yaml")
+        out = tmp_path / "lot.jsonl"
+        assert cli("parked", "export", "-t", path, "-o", out).exit_code == 0
+        assert cli("parked", "purge", "-t", path, "--all", "--yes").exit_code == 0
+        parking = rabbit_names(topology, route).parking
+        real_iter = RabbitParkingLot.iter
+
+        def iter_then_delete(self: RabbitParkingLot, selector: p.Selector) -> Any:
+            yield from real_iter(self, selector)
+            amqp.queue_delete(parking)  # the race: gone after the check, before the publish
+
+        monkeypatch.setattr(RabbitParkingLot, "iter", iter_then_delete)
+        result = cli("parked", "import", str(out), "-t", path)
+        assert result.exit_code == 5, result.output
+        assert "imported 0, skipped 0 already parked, failed 2" in result.stderr
+        assert "failed i1: unroutable (no queue bound)" in result.stderr
+    finally:
+        driver.close()

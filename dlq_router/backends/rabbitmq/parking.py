@@ -388,7 +388,8 @@ class _Publisher:
         self.pending: OrderedDict[int, tuple[str, Callable[[], None], Callable[[], None]]] = (
             OrderedDict()
         )
-        self.returned: set[int] = set()
+        self.returned: set[int] = set()  # publish ids of returned (unroutable) publishes
+        self.returned_ids: set[str] = set()  # parked ids of returned unmarked publishes
         self.exchanges: dict[str, bool] = {"": True}  # the default exchange always exists
         self.snapshots: list[_Snapshot] = []  # where the replayed messages are held
         self.to_route: Route | None = None
@@ -408,9 +409,13 @@ class _Publisher:
 
     def _on_return(self, _ch: Any, _method: Any, props: pika.BasicProperties, _body: bytes) -> None:
         # mandatory publish that no queue accepted; its confirm (an ack) follows
-        seq = h.as_ms((props.headers or {}).get(h.PUBLISH_ID))
+        headers = props.headers or {}
+        seq = h.as_ms(headers.get(h.PUBLISH_ID))
         if seq is not None:
             self.returned.add(seq)
+        elif (msg_id := h.as_text(headers.get(h.ID))) is not None:
+            # an unmarked publish (import keeps parked copies as exported): its parked id
+            self.returned_ids.add(msg_id)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -424,7 +429,8 @@ class _Publisher:
         done = 0
         for seq in seqs:
             msg_id, on_ok, on_fail = self.pending.pop(seq)
-            if ok and seq not in self.returned:
+            returned = seq in self.returned or msg_id in self.returned_ids
+            if ok and not returned:
                 on_ok()
                 done += 1
             else:
@@ -432,6 +438,7 @@ class _Publisher:
                 self.result.fail(msg_id, why)
                 on_fail()
             self.returned.discard(seq)
+            self.returned_ids.discard(msg_id)
         for snap in self.snapshots:  # one ack frame per confirm batch, not per message
             snap.flush()
         if done:
