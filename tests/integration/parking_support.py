@@ -85,6 +85,10 @@ class ParkDriver(ABC):
     def work(self, route: Route) -> list[Work]:
         """Drain the route's work queue (destructive), oldest first."""
 
+    @abstractmethod
+    def work_depth(self, route: Route) -> int:
+        """Messages waiting in the route's work queue, without consuming them."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -153,6 +157,10 @@ class RabbitParkDriver(ParkDriver):
             properties["message_id"] = props.message_id
             out.append(Work(body, dict(props.headers or {}), properties))
 
+    def work_depth(self, route: Route) -> int:
+        depth: int = self.ch.queue_declare(route.queue, passive=True).method.message_count
+        return depth
+
     def close(self) -> None:
         self.conn.close()
 
@@ -212,6 +220,10 @@ class RedisParkDriver(ParkDriver):
                 }
                 out.append(Work(body, env["headers"], properties))
         return out
+
+    def work_depth(self, route: Route) -> int:
+        lists = (route.queue, *(f"{route.queue}\x06\x16{p}" for p in (3, 6, 9)))
+        return sum(int(self.client.llen(key)) for key in lists)
 
     def close(self) -> None:
         self.client.close()

@@ -42,6 +42,18 @@ def _start(path: Path, *extra: str) -> subprocess.Popen[bytes]:
     )
 
 
+def _wait_until_moving(driver: ParkDriver, proc: subprocess.Popen[bytes]) -> None:
+    """Interrupt mid-stream: once the replay has moved its first messages, not after a
+    fixed sleep (Python's start-up alone can take most of a second on a loaded machine)."""
+    route = driver.topology.routes[0]
+    deadline = time.monotonic() + 30
+    while driver.work_depth(route) == 0:
+        assert proc.poll() is None, "the replay ended before moving anything"
+        assert time.monotonic() < deadline, "the replay moved nothing in 30 s"
+        time.sleep(0.02)
+    time.sleep(0.2)  # with more messages in flight
+
+
 def _check(driver: ParkDriver, path: Path, *, max_duplicates: int) -> None:
     """Rerun to completion; every id arrives, duplicates bounded."""
     route = driver.topology.routes[0]
@@ -73,7 +85,7 @@ def setup(
 def test_sigkill_mid_replay_then_rerun(setup: tuple[ParkDriver, Path]) -> None:
     driver, path = setup
     proc = _start(path)
-    time.sleep(1.2)
+    _wait_until_moving(driver, proc)
     proc.kill()
     proc.wait(10)
     _check(driver, path, max_duplicates=WINDOW if driver.kind == "rabbitmq" else 0)
@@ -82,7 +94,7 @@ def test_sigkill_mid_replay_then_rerun(setup: tuple[ParkDriver, Path]) -> None:
 def test_ctrl_c_mid_replay_exits_130_then_rerun(setup: tuple[ParkDriver, Path]) -> None:
     driver, path = setup
     proc = _start(path)
-    time.sleep(1.2)
+    _wait_until_moving(driver, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -134,7 +146,7 @@ def test_broker_connection_drop_mid_replay_then_rerun(
         proxy = _Proxy(5672)
         proxied = RABBIT_URL.replace(":5672", f":{proxy.port}")
         proc = _start(path, "--url", proxied)
-        time.sleep(1.2)
+        _wait_until_moving(driver, proc)
         proxy.cut()
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, err

@@ -28,6 +28,7 @@ class FakeConnection:
         self.ioloop = FakeLoop()
         self.written: list[bytes] = []
         self.frames_sent = self.bytes_sent = 0
+        self._transport: object | None = object()  # pika sets it to None when the stream goes
 
     def _adapter_emit_data(self, data: bytes) -> None:
         self.written.append(data)
@@ -60,3 +61,13 @@ def test_a_connection_without_the_hooks_is_left_alone() -> None:
     other = Other()
     Coalescer.install(other)
     assert not hasattr(other, "_output_marshaled_frames")
+
+
+def test_frames_held_when_the_stream_goes_are_dropped_not_raised() -> None:
+    """Ctrl-C or a lost socket can end the stream before the turn's timer fires."""
+    conn = FakeConnection()
+    Coalescer.install(conn)
+    conn._output_marshaled_frames([b"close"])
+    conn._transport = None
+    conn.ioloop.turn()  # must not raise AttributeError from a missing transport
+    assert conn.written == [] and conn.bytes_sent == 0

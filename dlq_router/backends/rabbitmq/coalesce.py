@@ -39,6 +39,9 @@ class Coalescer:
     def flush(self) -> None:
         data = b"".join(self.buffer)
         self.buffer.clear()
-        if data:
+        # The timer may fire after pika dropped the stream (a lost socket, or Ctrl-C while
+        # it was closing): its transport is gone. Drop the frames, as pika drops its own
+        # unsent output then; only a broker confirm ever counts a publish as sent.
+        if data and getattr(self.connection, "_transport", None) is not None:
             self.connection.bytes_sent += len(data)
             self.emit(data)
