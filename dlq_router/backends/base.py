@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from dlq_router.metrics import Metrics
 
-if TYPE_CHECKING:  # parking.py imports ParkedMessage from here
+if TYPE_CHECKING:  # dlq_router/parking/ imports ParkedMessage from here
     from dlq_router.parking import ParkingLot
 
 PlanStatus = Literal["create", "unchanged", "conflict", "warning"]
