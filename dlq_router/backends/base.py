@@ -53,7 +53,7 @@ class RouterContext:
     abort: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
-    prefetch: int = 500
+    prefetch: int | None = None  # None: the backend's default (DEFAULT_PREFETCH there)
     shutdown_timeout: float = 10.0
 
     def now_ms(self) -> int:

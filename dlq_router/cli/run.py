@@ -58,8 +58,14 @@ def run(
         typer.Option("--route", help="Only this route (repeatable). Default: every route."),
     ] = None,
     prefetch: Annotated[
-        int, typer.Option(min=1, max=65535, help="Dead letters in flight at once.")
-    ] = 500,
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Dead letters in flight at once. Default: 2000 on RabbitMQ (memory is about "
+            "prefetch x message size), 500 on Redis (at most 1000 per claim).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve /metrics, /healthz, /readyz on this port (0: any free port)."),

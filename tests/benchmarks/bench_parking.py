@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import cpu_meter as cpu
 import pika
 import redis
 
@@ -98,6 +100,7 @@ def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
         ch.queue_declare(src, durable=True)
         ch.queue_declare(dst, durable=True)
         fill_rabbit(ch, src, topo, n)
+        shovel_cpu = cpu.Meter({"broker": cpu.broker_pid()})
         value = json.dumps(
             {
                 "src-protocol": "amqp091",
@@ -117,9 +120,11 @@ def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
         # Timed from the first moved message (the shovel's own start-up is not counted).
         while ch.queue_declare(dst, passive=True).method.message_count == 0:
             time.sleep(0.002)
+        shovel_cpu.start()
         t0 = time.monotonic()
         wait_depth(ch, dst, n)
         shovel_s = time.monotonic() - t0
+        shovel_cpu.stop()
         subprocess.run(
             ["rabbitmqctl", "-q", "clear_parameter", "shovel", shovel],
             stdout=subprocess.DEVNULL,
@@ -128,9 +133,12 @@ def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
 
         # dlq-router replay: snapshot read + publish with confirms + ack, end to end.
         fill_rabbit(ch, names.parking, topo, n)
+        replay_cpu = cpu.Meter({"broker": cpu.broker_pid(), "replay": os.getpid()})
+        replay_cpu.start()
         t0 = time.monotonic()
         result = backend.parking.replay(p.Selector(all=True), p.ReplayOptions())
         replay_s = time.monotonic() - t0
+        replay_cpu.stop()
         assert result.replayed == n, result
         wait_depth(ch, route.queue, n)
     finally:
@@ -139,11 +147,24 @@ def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
         conn.close()
         backend.close()
         delete_rabbit_topology(topo)
-    return {
+    out = {
         "shovel_msgs_per_s": n / shovel_s,
         "replay_msgs_per_s": n / replay_s,
         "ratio": shovel_s / replay_s,
     }
+    if "broker" in shovel_cpu.used and "broker" in replay_cpu.used:
+        broker = cpu.per_message_us(replay_cpu.used["broker"], n)
+        client = cpu.per_message_us(replay_cpu.used["replay"], n)
+        ceiling = cpu.ceiling(broker, client)
+        out["cpu"] = {
+            "cores": cpu.CORES,
+            "broker_us_per_msg_shovel": cpu.per_message_us(shovel_cpu.used["broker"], n),
+            "broker_us_per_msg_replay": broker,
+            "replay_us_per_msg": client,
+            "ceiling_msgs_per_s": round(ceiling),
+            "ceiling_ratio": round(ceiling * shovel_s / n, 3),
+        }
+    return out
 
 
 def bench_rabbit_full_listing(n: int) -> dict[str, float]:
@@ -271,6 +292,13 @@ def main() -> None:
         f"RabbitMQ replay   {r['replay_msgs_per_s']:>9,.0f} msg/s   shovel (on-confirm) "
         f"{r['shovel_msgs_per_s']:,.0f} msg/s   ratio {r['ratio']:.2f}x (target >= 0.8x)"
     )
+    if "cpu" in r:
+        c = r["cpu"]
+        print(
+            f"  CPU per message: broker {c['broker_us_per_msg_shovel']} us while shovelling; "
+            f"broker {c['broker_us_per_msg_replay']} us + replay {c['replay_us_per_msg']} us "
+            f"while replaying; ceiling on {c['cores']} cores {c['ceiling_ratio']}x the shovel"
+        )
     r = out["redis_replay"] = bench_redis_replay(100_000 // scale)
     print(
         f"Redis replay      {r['replay_msgs_per_s']:>9,.0f} msg/s   pipelined LPUSH "

@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import cpu_meter as cpu
 import pika
 import yaml
 
@@ -105,26 +106,32 @@ def depth(ch: Any, queue: str) -> int:
     return count
 
 
-def measure_move(ch: Any, src: str, dst: str, n: int, timeout: float = 300) -> float:
-    """Messages/s from the first one leaving ``src`` until ``dst`` has all and src is empty."""
+def measure_move(
+    ch: Any, src: str, dst: str, n: int, meter: cpu.Meter, timeout: float = 300
+) -> float:
+    """Messages/s from the first one leaving ``src`` until ``dst`` has all and src is empty;
+    ``meter`` records CPU over the same window."""
     deadline = time.monotonic() + timeout
     while depth(ch, src) >= n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"nothing left {src}")
         time.sleep(0.002)
+    meter.start()
     start = time.monotonic()
     while depth(ch, dst) < n or depth(ch, src) > 0:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{dst} has {depth(ch, dst)} of {n}")
         time.sleep(0.005)
-    return n / (time.monotonic() - start)
+    rate = n / (time.monotonic() - start)
+    meter.stop()
+    return rate
 
 
 def rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
 
 
-def shovel_rate(ch: Any, n: int, uid: str) -> float:
+def shovel_rate(ch: Any, n: int, uid: str, meter: cpu.Meter) -> float:
     plugins = subprocess.run(
         ["rabbitmq-plugins", "list", "-e", "rabbitmq_shovel"], capture_output=True, text=True
     )
@@ -149,7 +156,7 @@ def shovel_rate(ch: Any, n: int, uid: str) -> float:
         }
         rabbitmqctl("set_parameter", "shovel", name, json.dumps(definition))
         try:
-            return measure_move(ch, src, dst, n)
+            return measure_move(ch, src, dst, n, meter)
         finally:
             rabbitmqctl("clear_parameter", "shovel", name)
     finally:
@@ -192,7 +199,8 @@ def cleanup(ch: Any, topology: Topology) -> None:
 
 def router_rate(
     ch: Any, conn: Any, n: int, uid: str, workdir: Path, prefetch: int, processes: int = 1
-) -> float:
+) -> tuple[float, dict[str, float]]:
+    """The routing rate, and the CPU seconds the broker and the router(s) used meanwhile."""
     topology = bench_topology(uid, "1h", "rate")
     names = rabbit_names(topology, topology.routes[0])
     declare(conn, URL, topology_specs(topology), dry_run=False)
@@ -202,8 +210,12 @@ def router_rate(
         procs = [
             start_router(topology, workdir, "--prefetch", str(prefetch)) for _ in range(processes)
         ]
+        pids: dict[str, int | None] = {"broker": cpu.broker_pid()}
+        pids.update({f"router{i}": proc.pid for i, proc in enumerate(procs)})
+        meter = cpu.Meter(pids)
         try:
-            return measure_move(ch, names.dlq, names.tiers[0].lanes[0].queue, n)
+            rate = measure_move(ch, names.dlq, names.tiers[0].lanes[0].queue, n, meter)
+            return rate, meter.used
         finally:
             for proc in procs:
                 stop(proc)
@@ -290,10 +302,47 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_costs(
+    n: int, shovel: float, shovel_cpu: dict[str, float], router_cpu: dict[str, float]
+) -> dict[str, float]:
+    """CPU per message (microseconds) of each side, and what the machine allows."""
+    if "broker" not in shovel_cpu or "broker" not in router_cpu:
+        return {}  # the broker runs elsewhere: its CPU is not ours to read
+    broker_shovel = cpu.per_message_us(shovel_cpu["broker"], n)
+    broker_router = cpu.per_message_us(router_cpu["broker"], n)
+    router = cpu.per_message_us(sum(v for k, v in router_cpu.items() if k != "broker"), n)
+    ceiling = cpu.ceiling(broker_router, router)
+    return {
+        "cores": cpu.CORES,
+        "broker_us_per_msg_shovel": broker_shovel,
+        "broker_us_per_msg_router": broker_router,
+        "router_us_per_msg": router,
+        "ceiling_msgs_per_s": round(ceiling),
+        "ceiling_ratio": round(ceiling / shovel, 3),
+        "router_budget_us_for_1x": round(cpu.CORES * 1e6 / shovel - broker_router, 1),
+    }
+
+
+def print_costs(costs: dict[str, float], shovel: float) -> None:
+    if not costs:
+        print("CPU per message: not measured (no local RabbitMQ node found)")
+        return
+    print(
+        f"CPU per message: broker {costs['broker_us_per_msg_shovel']} us while shovelling; "
+        f"broker {costs['broker_us_per_msg_router']} us + router {costs['router_us_per_msg']} us "
+        "while routing"
+    )
+    print(
+        f"ceiling on {costs['cores']} cores at these costs: {costs['ceiling_msgs_per_s']} msg/s "
+        f"= {costs['ceiling_ratio']}x the shovel; 1.0x needs the router under "
+        f"{costs['router_budget_us_for_1x']} us/msg with every core busy"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
-    parser.add_argument("--prefetch", type=int, default=500)
+    parser.add_argument("--prefetch", type=int, default=2000, help="the router's default")
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--processes", type=int, default=1, help="router processes on the same DLQ")
@@ -304,14 +353,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print(f"N={args.n} messages of {len(BODY)} bytes with Celery-style headers", flush=True)
-        shovel = shovel_rate(ch, args.n, uid)
+        shovel_meter = cpu.Meter({"broker": cpu.broker_pid()})
+        shovel = shovel_rate(ch, args.n, uid, shovel_meter)
         print(f"shovel (ack-mode on-confirm): {shovel:10.0f} msg/s", flush=True)
-        router = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
+        router, used = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
         print(
             f"router x{args.processes} (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s",
             flush=True,
         )
         print(f"ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
+        costs = cpu_costs(args.n, shovel, shovel_meter.used, used)
+        print_costs(costs, shovel)
         samples = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=True)
         control = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=False)
     with contextlib.suppress(Exception):
@@ -335,6 +387,8 @@ def main() -> None:
         "control_lateness_ms": floor,
         "rate_per_s": args.rate,
         "router_processes": args.processes,
+        "prefetch": args.prefetch,
+        "cpu": costs,
     }
     print(json.dumps(result))
 

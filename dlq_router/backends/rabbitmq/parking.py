@@ -68,7 +68,10 @@ AMQP_PROPERTIES = (
 MAX_PREFETCH = 65535  # basic.qos prefetch-count is 16 bits; 0 = unlimited
 IDLE_TIMEOUT = 5.0  # a snapshot stops short of the depth after this long without a delivery
 CONFIRM_TIMEOUT = 30.0
-WINDOW = 1000  # republished messages awaiting the broker's confirm (the duplicate bound)
+# Republished messages awaiting the broker's confirm: the duplicate bound of an interrupted
+# replay. Confirms of persistent messages arrive in batches as the broker syncs its message
+# store; 2,000 replayed 8.7-9.4k msg/s where 1,000 did 8.2-8.4k (RabbitMQ 3.10, 2 cores).
+WINDOW = 2_000
 
 
 def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:

@@ -44,6 +44,12 @@ RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
 CLOSE_TIMEOUT = 5.0  # how long a clean close may take before the socket is just dropped
 HEALTHY_AFTER = 10.0  # consuming this long resets the reconnect backoff
 HOLD_LOG_EVERY = 5.0  # at most one "held" warning per route per this many seconds
+# Dead letters in flight (basic.qos). Confirms of persistent messages come in batches as
+# the broker syncs its message store, so the window must cover rate x confirm latency:
+# measured on RabbitMQ 3.10, 500 and 1,000 reached 5.8-6.8k msg/s and 2,000 reached
+# 8.6-9.6k (more gains little). The router holds each in-flight body (to park it if the
+# retry comes back unroutable), so memory is about prefetch x message size.
+DEFAULT_PREFETCH = 2_000
 
 # State of a delivery (DLQ delivery tag) until it is acked or requeued.
 IN_FLIGHT, DONE, WAITING = 0, 1, 2  # WAITING: held, or received while draining
@@ -276,7 +282,9 @@ class Router:
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
 
     def _on_confirm_mode(self, _frame: Any) -> None:
-        self.channel.basic_qos(prefetch_count=self.ctx.prefetch, callback=self._on_qos)
+        self.channel.basic_qos(
+            prefetch_count=self.ctx.prefetch or DEFAULT_PREFETCH, callback=self._on_qos
+        )
 
     def _on_qos(self, _frame: Any) -> None:
         for r in self.routes:

@@ -52,6 +52,7 @@ LEASE_MS = 5_000
 HOLD_MS = 2_000
 # Dead letters claimed per script call: ctx.prefetch, capped (a batch is one route.lua call).
 MAX_CLAIM_BATCH = 1_000
+DEFAULT_PREFETCH = 500
 RECOVER_LIMIT = 1_000
 MAINTENANCE_EVERY_S = 1.0
 IDLE_MIN_S, IDLE_MAX_S = 0.005, 0.1
@@ -128,7 +129,7 @@ class Claimer:
         self.ctx = ctx
         self.mover = mover
         self.routes = [RouteKeys(r, redis_keys(topology, r)) for r in topology.routes]
-        self.batch = max(1, min(ctx.prefetch, MAX_CLAIM_BATCH))
+        self.batch = max(1, min(ctx.prefetch or DEFAULT_PREFETCH, MAX_CLAIM_BATCH))
         # Under a backlog the claimer pipelines (claim, decide and route of consecutive
         # batches overlap; Redis and Python work at the same time):
         #   read claim N+1 -> send route N -> send claim N+2 -> decide N+1 -> read route N
