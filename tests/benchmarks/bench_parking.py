@@ -3,7 +3,9 @@
     .venv/bin/python tests/benchmarks/bench_parking.py [--quick]
 
 1. RabbitMQ replay rate vs RabbitMQ's own shovel (dynamic, ack-mode on-confirm) moving the
-   same number of the same messages queue to queue (target: replay >= 0.8x shovel).
+   same number of the same messages queue to queue (target: replay >= 0.8x shovel), with
+   every process free to use every core, then with the local RabbitMQ node confined to
+   core 0 and this script (the replay) on the others; both with CPU per message.
 2. Redis replay rate (target >= 20,000 msg/s), next to pipelined LPUSH of the same envelopes.
 3. `parked list --limit 50` on 1,000,000 parked messages on Redis (target < 200 ms).
 4. A full listing of 100,000 parked messages on RabbitMQ (a snapshot reads the whole queue).
@@ -85,7 +87,7 @@ def fill_rabbit(ch: Any, queue: str, topo: Topology, n: int) -> None:
     wait_depth(ch, queue, n)
 
 
-def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
+def bench_rabbit_replay_vs_shovel(n: int, *, split: bool = False) -> dict[str, Any]:
     topo = topology("rabbitmq")
     route = topo.routes[0]
     names = rabbit_names(topo, route)
@@ -155,7 +157,7 @@ def bench_rabbit_replay_vs_shovel(n: int) -> dict[str, float]:
     if "broker" in shovel_cpu.used and "broker" in replay_cpu.used:
         broker = cpu.per_message_us(replay_cpu.used["broker"], n)
         client = cpu.per_message_us(replay_cpu.used["replay"], n)
-        ceiling = cpu.ceiling(broker, client)
+        ceiling = cpu.ceiling(broker, client, split=split)
         out["cpu"] = {
             "cores": cpu.CORES,
             "broker_us_per_msg_shovel": cpu.per_message_us(shovel_cpu.used["broker"], n),
@@ -279,6 +281,22 @@ def bench_redis_list(n: int, tmp: Path) -> dict[str, float]:
     }
 
 
+def print_replay(label: str, r: dict[str, Any]) -> None:
+    print(
+        f"RabbitMQ replay, {label}: {r['replay_msgs_per_s']:,.0f} msg/s   shovel (on-confirm) "
+        f"{r['shovel_msgs_per_s']:,.0f} msg/s   ratio {r['ratio']:.2f}x (target >= 0.8x)",
+        flush=True,
+    )
+    if "cpu" in r:
+        c = r["cpu"]
+        print(
+            f"  CPU per message: broker {c['broker_us_per_msg_shovel']} us while shovelling; "
+            f"broker {c['broker_us_per_msg_replay']} us + replay {c['replay_us_per_msg']} us "
+            f"while replaying; ceiling on these cores {c['ceiling_ratio']}x the shovel",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="10x smaller sizes (smoke run)")
@@ -288,17 +306,13 @@ def main() -> None:
     out: dict[str, Any] = {}
 
     r = out["rabbitmq_replay_vs_shovel"] = bench_rabbit_replay_vs_shovel(20_000 // scale)
-    print(
-        f"RabbitMQ replay   {r['replay_msgs_per_s']:>9,.0f} msg/s   shovel (on-confirm) "
-        f"{r['shovel_msgs_per_s']:,.0f} msg/s   ratio {r['ratio']:.2f}x (target >= 0.8x)"
-    )
-    if "cpu" in r:
-        c = r["cpu"]
-        print(
-            f"  CPU per message: broker {c['broker_us_per_msg_shovel']} us while shovelling; "
-            f"broker {c['broker_us_per_msg_replay']} us + replay {c['replay_us_per_msg']} us "
-            f"while replaying; ceiling on {c['cores']} cores {c['ceiling_ratio']}x the shovel"
-        )
+    print_replay("shared cores", r)
+    with cpu.broker_on_own_core() as pinned:
+        if pinned:
+            r = out["rabbitmq_replay_vs_shovel_split_cores"] = bench_rabbit_replay_vs_shovel(
+                20_000 // scale, split=True
+            )
+            print_replay("split cores (broker on core 0)", r)
     r = out["redis_replay"] = bench_redis_replay(100_000 // scale)
     print(
         f"Redis replay      {r['replay_msgs_per_s']:>9,.0f} msg/s   pipelined LPUSH "

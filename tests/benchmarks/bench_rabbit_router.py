@@ -10,6 +10,11 @@ Run (brokers up, from the repository root)::
    of the same shape into a tier queue (1 h TTL, so they stay) with publisher confirms.
    Both rates are measured the same way: from the first message leaving the source queue
    to the last one arriving (for the router: confirmed, acked, DLQ empty).
+   Both are measured twice: with every process free to use every core (broker, router and
+   this script share the machine), then with the local RabbitMQ node confined to core 0
+   and the router on the other cores (a broker with a machine of its own and the router as
+   a sidecar beside the app; ``--no-split`` skips it). Each prints the CPU both sides used
+   per message.
 3. Delay accuracy: dead letters fed at --rate per second for --seconds through a 1 s tier;
    lateness = arrival back in the work queue minus ``dlq-retry-due-at``.
 
@@ -303,7 +308,12 @@ def pct(values: list[float], q: float) -> float:
 
 
 def cpu_costs(
-    n: int, shovel: float, shovel_cpu: dict[str, float], router_cpu: dict[str, float]
+    n: int,
+    shovel: float,
+    shovel_cpu: dict[str, float],
+    router_cpu: dict[str, float],
+    *,
+    split: bool,
 ) -> dict[str, float]:
     """CPU per message (microseconds) of each side, and what the machine allows."""
     if "broker" not in shovel_cpu or "broker" not in router_cpu:
@@ -311,7 +321,7 @@ def cpu_costs(
     broker_shovel = cpu.per_message_us(shovel_cpu["broker"], n)
     broker_router = cpu.per_message_us(router_cpu["broker"], n)
     router = cpu.per_message_us(sum(v for k, v in router_cpu.items() if k != "broker"), n)
-    ceiling = cpu.ceiling(broker_router, router)
+    ceiling = cpu.ceiling(broker_router, router, split=split)
     return {
         "cores": cpu.CORES,
         "broker_us_per_msg_shovel": broker_shovel,
@@ -319,24 +329,47 @@ def cpu_costs(
         "router_us_per_msg": router,
         "ceiling_msgs_per_s": round(ceiling),
         "ceiling_ratio": round(ceiling / shovel, 3),
-        "router_budget_us_for_1x": round(cpu.CORES * 1e6 / shovel - broker_router, 1),
+        "router_budget_us_for_1x": round(cpu.client_budget(broker_router, shovel, split=split), 1),
     }
 
 
 def print_costs(costs: dict[str, float], shovel: float) -> None:
     if not costs:
-        print("CPU per message: not measured (no local RabbitMQ node found)")
+        print("  CPU per message: not measured (no local RabbitMQ node found)")
         return
     print(
-        f"CPU per message: broker {costs['broker_us_per_msg_shovel']} us while shovelling; "
+        f"  CPU per message: broker {costs['broker_us_per_msg_shovel']} us while shovelling; "
         f"broker {costs['broker_us_per_msg_router']} us + router {costs['router_us_per_msg']} us "
         "while routing"
     )
     print(
-        f"ceiling on {costs['cores']} cores at these costs: {costs['ceiling_msgs_per_s']} msg/s "
+        f"  ceiling on these cores at these costs: {costs['ceiling_msgs_per_s']} msg/s "
         f"= {costs['ceiling_ratio']}x the shovel; 1.0x needs the router under "
         f"{costs['router_budget_us_for_1x']} us/msg with every core busy"
     )
+
+
+def compare(
+    args: Any, ch: Any, conn: Any, uid: str, workdir: Path, *, split: bool = False
+) -> dict[str, Any]:
+    """The shovel, then the router, on the same messages; rates, ratio and CPU costs."""
+    shovel_meter = cpu.Meter({"broker": cpu.broker_pid()})
+    shovel = shovel_rate(ch, args.n, uid, shovel_meter)
+    print(f"  shovel (ack-mode on-confirm): {shovel:10.0f} msg/s", flush=True)
+    router, used = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
+    print(
+        f"  router x{args.processes} (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s",
+        flush=True,
+    )
+    print(f"  ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
+    costs = cpu_costs(args.n, shovel, shovel_meter.used, used, split=split)
+    print_costs(costs, shovel)
+    return {
+        "shovel_msgs_per_s": round(shovel),
+        "router_msgs_per_s": round(router),
+        "ratio": round(router / shovel, 3),
+        "cpu": costs,
+    }
 
 
 def main() -> None:
@@ -346,6 +379,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--processes", type=int, default=1, help="router processes on the same DLQ")
+    parser.add_argument(
+        "--no-split", action="store_true", help="skip the run with the broker on its own core"
+    )
     args = parser.parse_args()
     uid = "bench" + uuid.uuid4().hex[:8]
     conn = connect(URL, client_name="dlq-router bench")
@@ -353,17 +389,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print(f"N={args.n} messages of {len(BODY)} bytes with Celery-style headers", flush=True)
-        shovel_meter = cpu.Meter({"broker": cpu.broker_pid()})
-        shovel = shovel_rate(ch, args.n, uid, shovel_meter)
-        print(f"shovel (ack-mode on-confirm): {shovel:10.0f} msg/s", flush=True)
-        router, used = router_rate(ch, conn, args.n, uid, workdir, args.prefetch, args.processes)
-        print(
-            f"router x{args.processes} (confirms, prefetch {args.prefetch}): {router:6.0f} msg/s",
-            flush=True,
-        )
-        print(f"ratio router/shovel: {router / shovel:.2f}x (target >= 1.0x)", flush=True)
-        costs = cpu_costs(args.n, shovel, shovel_meter.used, used)
-        print_costs(costs, shovel)
+        print("shared cores (broker, router and this script on every core):", flush=True)
+        shared = compare(args, ch, conn, uid, workdir)
+        split: dict[str, Any] = {}
+        if not args.no_split:
+            with cpu.broker_on_own_core() as pinned:
+                if pinned:
+                    print("split cores (broker on core 0, router and this script on the rest):")
+                    split = compare(args, ch, conn, uid + "s", workdir, split=True)
         samples = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=True)
         control = lateness(conn, uid, workdir, args.rate, args.seconds, via_router=False)
     with contextlib.suppress(Exception):
@@ -379,16 +412,14 @@ def main() -> None:
     )
     result = {
         "n": args.n,
-        "shovel_msgs_per_s": round(shovel),
-        "router_msgs_per_s": round(router),
-        "ratio": round(router / shovel, 3),
+        **shared,
+        "split_cores": split,
         "lateness_ms": late,
         "lateness_samples": len(samples),
         "control_lateness_ms": floor,
         "rate_per_s": args.rate,
         "router_processes": args.processes,
         "prefetch": args.prefetch,
-        "cpu": costs,
     }
     print(json.dumps(result))
 

@@ -9,8 +9,10 @@ which both would saturate every core.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 
 TICKS = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
@@ -50,6 +52,65 @@ def per_message_us(seconds: float, n: int) -> float:
     return round(seconds / n * 1e6, 1)
 
 
-def ceiling(broker_us: float, client_us: float) -> float:
-    """Messages/s at which broker and client together use every core of this machine."""
+def ceiling(broker_us: float, client_us: float, *, split: bool = False) -> float:
+    """Messages/s at which broker and client use every core they may use: all of them
+    together, or (``split``) core 0 for the broker and the rest for the client."""
+    if split:
+        return min(1e6 / broker_us, (CORES - 1) * 1e6 / client_us)
     return CORES * 1e6 / (broker_us + client_us)
+
+
+def client_budget(broker_us: float, rate: float, *, split: bool = False) -> float:
+    """Client CPU per message (us) that would still allow ``rate`` with every core busy."""
+    if split:
+        return (CORES - 1) * 1e6 / rate
+    return CORES * 1e6 / rate - broker_us
+
+
+def _threads(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+@contextlib.contextmanager
+def broker_on_own_core() -> Iterator[bool]:
+    """Run the block with the local RabbitMQ node confined to core 0 and this process (and
+    the processes it starts meanwhile) to the other cores: the deployment the router is
+    built for, where the broker has its own machine and the router runs beside the app.
+
+    Yields False (and changes nothing) when there is no local node, a single core, or no
+    permission. Affinities are restored on the way out, an exception or Ctrl-C included;
+    should this process be killed first, ``taskset -a -p -c 0-N PID`` restores the node.
+    """
+    pid = broker_pid()
+    if pid is None or CORES < 2:
+        yield False
+        return
+    everything = set(range(CORES))
+    mine = os.sched_getaffinity(0)
+    saved: dict[int, set[int]] = {}
+    try:
+        for tid in _threads(pid):
+            saved[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, {0})
+        os.sched_setaffinity(0, everything - {0})
+    except (PermissionError, ProcessLookupError) as exc:
+        print(f"cannot pin the broker ({exc}); split-core figures skipped", flush=True)
+        _restore(saved, mine)
+        yield False
+        return
+    print(
+        f"broker pid {pid} pinned to core 0 (restore by hand if this script is killed: "
+        f"taskset -a -p -c 0-{CORES - 1} {pid})",
+        flush=True,
+    )
+    try:
+        yield True
+    finally:
+        _restore(saved, mine)
+
+
+def _restore(saved: dict[int, set[int]], mine: set[int]) -> None:
+    for tid, cores in saved.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(tid, cores)
+    os.sched_setaffinity(0, mine)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,6 +294,39 @@ def test_second_signal_closes_at_once_while_confirms_are_outstanding(
             "every dead letter back in the DLQ or routed",
         )
         assert counts["parked"] == 0
+    finally:
+        proc.close()
+        driver.close()
+
+
+def dlq_consumer_prefetch(dlq: str) -> list[int]:
+    """prefetch_count of every consumer of ``dlq``, as the broker reports it."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [int(n) for q, n in (line.split("\t") for line in out.splitlines()) if q == dlq]
+
+
+@pytest.mark.parametrize(("args", "expected"), [((), 2000), (("--prefetch", "7"), 7)])
+def test_router_prefetch_window_is_what_the_broker_sees(
+    make_topology: TopologyFactory,
+    uid: str,
+    tmp_path: Path,
+    args: tuple[str, ...],
+    expected: int,
+) -> None:
+    """The default window (2,000: confirms of persistent messages come in store-sync
+    batches, so a smaller one stalls the router) and --prefetch reach basic.qos."""
+    topology = make_topology(routes=[route_dict(uid)])
+    declare(topology)
+    driver = RabbitDriver(topology, topology.routes[0])
+    proc = RouterProcess(topology, tmp_path, args=args).start()
+    try:
+        assert dlq_consumer_prefetch(driver.names.dlq) == [expected]
     finally:
         proc.close()
         driver.close()
