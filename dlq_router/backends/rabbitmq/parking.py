@@ -72,6 +72,8 @@ CONFIRM_TIMEOUT = 30.0
 # replay. Confirms of persistent messages arrive in batches as the broker syncs its message
 # store; 2,000 replayed 8.7-9.4k msg/s where 1,000 did 8.2-8.4k (RabbitMQ 3.10, 2 cores).
 WINDOW = 2_000
+# How long closing a snapshot waits for the broker to show its messages back in the queue.
+RETURN_TIMEOUT = 10.0
 
 
 def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:
@@ -117,6 +119,7 @@ class _Snapshot:
         self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
         self.short = 0  # messages not read because another consumer holds them
         self._floor = 0  # every delivery tag <= floor is acked
+        self._acked = 0
         self._ready: set[int] = set()  # confirmed, waiting to be covered by a multiple ack
         self._kept_min: float = float("inf")  # lowest tag that stays parked
         self._last, self._seen = time.monotonic(), 0
@@ -169,14 +172,43 @@ class _Snapshot:
             self._ready.discard(top)
         if top > self._floor:
             self.channel._impl.basic_ack(top, multiple=True)
+            self._acked += top - self._floor
             self._floor = top
         for tag in sorted(t for t in self._ready if t > self._kept_min):
             self.channel._impl.basic_ack(tag)
             self._ready.discard(tag)
+            self._acked += 1
 
     def close(self) -> None:
-        if self.channel.is_open:
-            self.channel.close()
+        """Hand back what was not acked and wait (bounded) until the queue shows it again.
+
+        The broker answers channel.close first and requeues the channel's unacked messages
+        when its queue process sees the channel go, which for 100,000 messages takes a
+        moment: a command run right after (a replay after a listing) would otherwise see
+        part of the parking lot missing, or stop short waiting for it.
+        """
+        if not self.channel.is_open:
+            return
+        returning = len(self.held) - self._acked
+        ready = self.channel.queue_declare(self.queue, passive=True).method.message_count
+        self.channel.close()
+        if returning:
+            _wait_until_back(self.connection, self.queue, ready + returning)
+
+
+def _wait_until_back(connection: pika.BlockingConnection, queue: str, expected: int) -> None:
+    """Poll the queue's ready count until it reaches ``expected`` or RETURN_TIMEOUT passes (a
+    concurrent replay may take messages meanwhile: then it never does, and that is fine)."""
+    channel = connection.channel()
+    deadline = time.monotonic() + RETURN_TIMEOUT
+    try:
+        while channel.queue_declare(queue, passive=True).method.message_count < expected:
+            if time.monotonic() > deadline:
+                return
+            connection.sleep(0.01)
+    finally:
+        if channel.is_open:
+            channel.close()
 
 
 class RabbitParkingLot:
