@@ -3,7 +3,7 @@
 Backends implement ``ParkingLot`` (``backends/*/parking.py``); the CLI (``cli/parked.py``,
 ``cli/replay.py``) only talks to that protocol and to the pure helpers here. Field names of
 ``summary_row``/``group_row``/``show_record``/``ReplayResult.as_dict`` are a stable interface
-(documented in docs-parking.md): add fields, never rename them.
+(documented in the README, "JSON output"): add fields, never rename them.
 
 One module per concern, all re-exported here (``from dlq_router.parking import X``):
 

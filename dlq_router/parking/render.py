@@ -1,7 +1,7 @@
 """What ``parked list|show|groups`` print: summary rows, groups, body previews, JSON values.
 
 Field names of ``summary_row``/``group_row``/``show_record`` are a stable interface
-(documented in docs-parking.md): add fields, never rename them.
+(documented in the README, "JSON output"): add fields, never rename them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Replay plumbing shared by the backends: options, result, rate limiter, progress callback.
 
 Field names of ``ReplayResult.as_dict`` are a stable interface (documented in
-docs-parking.md): add fields, never rename them.
+the README, "JSON output"): add fields, never rename them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ AMQP has no peek. Every operation takes a *snapshot*: it consumes the queue's wh
 covers the depth. Closing that channel hands every unacked message back to the broker in
 its original position, not redelivered to anyone else meanwhile. Replay and purge ack only
 the messages they moved (after the republish was confirmed) before closing. A snapshot reads
-the whole queue: that is the cost of listing (see docs-parking.md for figures).
+the whole queue: that is the cost of listing (figures in the README, "Benchmarks").
 
 The consumer is registered on pika's underlying channel (``channel._impl``): BlockingChannel's
 own cancel rejects its buffered messages one by one before the close, which would put them

@@ -5,7 +5,7 @@ Reading pages through the index newest first (ZREVRANGE by rank, HMGET the envel
 deleting are Lua scripts, one call per batch, that check each id is still parked; Python
 builds the new envelopes. Every key of a route shares its hash tag, so a route's scripts
 touch one Cluster slot (kombu's priority lists and ``--to-route`` to another route are the
-exception: see docs-parking.md).
+exception: see the README, "Known limitations").
 """
 
 from __future__ import annotations
