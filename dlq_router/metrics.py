@@ -40,6 +40,15 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("dlq_router_ready", "1 when connected and consuming", registry=r)
+        self.paused = Gauge(
+            "dlq_router_paused",
+            "1 while consuming is paused because the bodies held reached the byte budget "
+            "(RabbitMQ)",
+            registry=r,
+        )
+        self.in_flight_bytes = Gauge(
+            "dlq_router_in_flight_bytes", "Bytes of dead-letter bodies held (RabbitMQ)", registry=r
+        )
 
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)

@@ -54,6 +54,8 @@ class RouterContext:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
     prefetch: int | None = None  # None: the backend's default (DEFAULT_PREFETCH there)
+    # RabbitMQ: bodies held at once before consuming pauses; None: DEFAULT_MAX_IN_FLIGHT_BYTES
+    max_in_flight_bytes: int | None = None
     shutdown_timeout: float = 10.0
 
     def now_ms(self) -> int:

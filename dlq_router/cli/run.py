@@ -62,8 +62,16 @@ def run(
         typer.Option(
             min=1,
             max=65535,
-            help="Dead letters in flight at once. Default: 2000 on RabbitMQ (memory is about "
-            "prefetch x message size), 500 on Redis (at most 1000 per claim).",
+            help="Dead letters in flight at once. Default: 2000 on RabbitMQ (bytes held are "
+            "capped by --max-in-flight-mb), 500 on Redis (at most 1000 per claim).",
+        ),
+    ] = None,
+    max_in_flight_mb: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="RabbitMQ: MiB of dead-letter bodies held at once; past it the router stops "
+            "consuming until half is done. Default: 64.",
         ),
     ] = None,
     metrics_port: Annotated[
@@ -90,7 +98,12 @@ def run(
     with cli_errors():
         topo = select_routes(load(topology, url), route or [])
         logs.configure(log_format, log_level, secrets=[urlsplit(topo.url).password or ""])
-        ctx = RouterContext(metrics=Metrics(), prefetch=prefetch, shutdown_timeout=shutdown_timeout)
+        ctx = RouterContext(
+            metrics=Metrics(),
+            prefetch=prefetch,
+            max_in_flight_bytes=max_in_flight_mb * 1024 * 1024 if max_in_flight_mb else None,
+            shutdown_timeout=shutdown_timeout,
+        )
         server = None
         if metrics_port is not None:
             try:

@@ -7,6 +7,9 @@ duplicates a message and never loses one. Confirms are asynchronous: up to ``pre
 dead letters are in flight at once, and a confirmed prefix is acked with one
 ``multiple=True`` frame.
 
+Memory: besides the count window (prefetch), a byte budget on the bodies held pauses
+consuming and narrows the window when dead letters are large (see "the byte budget").
+
 What the broker refuses is never dropped: a retry returned as unroutable is parked
 (reason ``unroutable``); a park that is returned or nacked (parking queue missing or full)
 is *held*: the dead letter stays unacked and is requeued after a growing delay.
@@ -29,6 +32,7 @@ from pika import spec
 from dlq_router import headers as h
 from dlq_router.backends.base import RouterContext
 from dlq_router.backends.rabbitmq import message
+from dlq_router.backends.rabbitmq.budget import ByteBudget
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import connect, describe, parameters
 from dlq_router.durations import format_duration_ms
@@ -47,9 +51,9 @@ HOLD_LOG_EVERY = 5.0  # at most one "held" warning per route per this many secon
 # Dead letters in flight (basic.qos). Confirms of persistent messages come in batches as
 # the broker syncs its message store, so the window must cover rate x confirm latency:
 # measured on RabbitMQ 3.10, 500 and 1,000 reached 5.8-6.8k msg/s and 2,000 reached
-# 8.6-9.6k (more gains little). The router holds each in-flight body (to park it if the
-# retry comes back unroutable), so memory is about prefetch x message size.
+# 8.6-9.6k (more gains little). Memory is capped by the byte budget below, not by this.
 DEFAULT_PREFETCH = 2_000
+DEFAULT_MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024  # bodies held at once (budget.py)
 
 # State of a delivery (DLQ delivery tag) until it is acked or requeued.
 IN_FLIGHT, DONE, WAITING = 0, 1, 2  # WAITING: held, or received while draining
@@ -143,6 +147,11 @@ class Router:
         self.params = parameters(topology.url, client_name=client_name)
         self.user = self.params.credentials.username
         self.routes = [_Route(r, rabbit_names(topology, r), ctx.metrics) for r in topology.routes]
+        self.budget = ByteBudget(
+            ctx.max_in_flight_bytes or DEFAULT_MAX_IN_FLIGHT_BYTES,
+            ctx.prefetch or DEFAULT_PREFETCH,
+            len(self.routes),
+        )
         self.connection: Any = None
         self.channel: Any = None
         self.generation = 0
@@ -151,6 +160,8 @@ class Router:
     def _reset(self) -> None:
         self.pending: dict[int, _Publish] = {}  # publish sequence number -> publish
         self.deliveries: dict[int, int] = {}  # DLQ delivery tag -> state, in tag order
+        self.budget.reset()
+        self.ctx.metrics.paused.set(0)
         self.seq = 0
         self.consumer_tags: list[str] = []
         self.consuming = False
@@ -194,6 +205,8 @@ class Router:
 
     def _tick(self) -> None:
         """Runs every TICK seconds until the ioloop stops: the only reader of the flags."""
+        self.ctx.metrics.in_flight_bytes.set(self.budget.held)
+        self._maybe_widen()
         if self.ctx.abort.is_set():
             # Second signal: no handshake, no waiting. Unacked dead letters return to the
             # DLQ when the broker sees the socket close (at the latest, on process exit).
@@ -282,9 +295,8 @@ class Router:
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
 
     def _on_confirm_mode(self, _frame: Any) -> None:
-        self.channel.basic_qos(
-            prefetch_count=self.ctx.prefetch or DEFAULT_PREFETCH, callback=self._on_qos
-        )
+        # After a reconnect this is the window that fits the bodies seen so far.
+        self.channel.basic_qos(prefetch_count=self.budget.window, callback=self._on_qos)
 
     def _on_qos(self, _frame: Any) -> None:
         for r in self.routes:
@@ -316,6 +328,8 @@ class Router:
         self, r: _Route, _ch: Any, method: Any, props: spec.BasicProperties, body: bytes
     ) -> None:
         tag = method.delivery_tag
+        if self.budget.add(tag, len(body)) and not self.draining:
+            self._pause()
         if self.draining:
             self.deliveries[tag] = WAITING  # returns to the DLQ when the channel closes
             return
@@ -475,13 +489,16 @@ class Router:
                 break
             del d[tag]
             last = tag
+            self.budget.release(tag)
         if last:
             self.channel.basic_ack(last, multiple=True)
         if d and d[next(iter(d))] == WAITING:
             # multiple=True would also ack the held head: ack what is done individually.
             for tag in [t for t, state in d.items() if state == DONE]:
                 del d[tag]
+                self.budget.release(tag)
                 self.channel.basic_ack(tag)
+        self._maybe_resume()
 
     def _hold(self, r: _Route, tag: int, why: str) -> None:
         """Keep a dead letter unacked and requeue it later; never drop, never spin."""
@@ -509,8 +526,73 @@ class Router:
             return  # that channel is gone; the message is back in the DLQ already
         if self.deliveries.pop(tag, None) is None:
             return
+        self.budget.release(tag)
         self.channel.basic_nack(tag, multiple=False, requeue=True)
         self._flush()
+
+    # ---- the byte budget (budget.py counts) -------------------------------------------
+    #
+    # RabbitMQ applies a per-consumer prefetch only to consumers created after it (a
+    # channel-wide one would apply at once, but quorum queues refuse it), so the window is
+    # changed by consuming again: cancel, basic.qos, basic.consume. Deliveries still on the
+    # wire for a cancelled consumer are rejected back to the DLQ by pika (requeued; the
+    # router never sees them): a change costs at most one window of redeliveries and loses
+    # nothing.
+
+    def _cancel_consumers(self) -> None:
+        for tag in self.consumer_tags:
+            self.channel.basic_cancel(tag)
+        self.consumer_tags = []
+
+    def _consume(self, window: int) -> None:
+        self.budget.consuming_with(window, time.monotonic())
+        self.channel.basic_qos(prefetch_count=window)  # for the consumers created next
+        for r in self.routes:
+            tag = self.channel.basic_consume(r.names.dlq, functools.partial(self._on_message, r))
+            self.consumer_tags.append(tag)
+
+    def _pause(self) -> None:
+        """Over the budget: stop deliveries until what is held is down to half of it."""
+        b = self.budget
+        b.paused = True
+        self.ctx.metrics.paused.set(1)
+        self.log.info(
+            "pausing: %d bytes of dead letters held (budget %d); resuming below %d",
+            b.held,
+            b.max_bytes,
+            b.max_bytes // 2,
+        )
+        self._cancel_consumers()
+
+    def _maybe_resume(self) -> None:
+        b = self.budget
+        if not b.may_resume() or self.draining:
+            return
+        if self.channel is None or not self.channel.is_open:
+            return
+        b.paused = False
+        self.ctx.metrics.paused.set(0)
+        window = b.fitting_window()
+        self.log.info(
+            "resuming with a window of %d (average body %d bytes, %d bytes held)",
+            window,
+            b.avg_size,
+            b.held,
+        )
+        self._consume(window)
+
+    def _maybe_widen(self) -> None:
+        """Bodies got smaller since the window was narrowed: consume with a wider one."""
+        if self.draining or not self.consuming or self.channel is None:
+            return
+        window = self.budget.wider_window(time.monotonic())
+        if window is None or not self.channel.is_open:
+            return
+        self.log.info(
+            "widening the window to %d (average body %d bytes)", window, self.budget.avg_size
+        )
+        self._cancel_consumers()
+        self._consume(window)
 
 
 def run(topology: Topology, ctx: RouterContext) -> None:
