@@ -8,6 +8,7 @@ knows the error, by publishing it to the route's DLX with ``dlq-error-*`` and
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
@@ -158,3 +159,15 @@ class RabbitDriver(BrokerDriver):
     def close(self) -> None:
         if self.conn.is_open:
             self.conn.close()
+
+
+def consumer_prefetch(queue: str) -> list[int]:
+    """prefetch_count of every consumer of ``queue``, as the broker reports it."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return [int(n) for q, n in (line.split("\t") for line in out.splitlines()) if q == queue]

@@ -8,7 +8,6 @@ deliveries are unacknowledged, and the prefetch of the router's consumer.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pika
 
 from dlq_router import headers as h
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.rabbit_driver import RabbitDriver
+from tests.integration.rabbit_driver import RabbitDriver, consumer_prefetch
 from tests.integration.router_process import RouterProcess
 from tests.integration.test_router_behaviour import declare, wait_for
 
@@ -41,17 +40,6 @@ def unacked(driver: RabbitDriver, total: int) -> int:
     """Deliveries of the DLQ the router holds: what is in it minus what is ready."""
     ready: int = driver.ops.queue_declare(driver.names.dlq, passive=True).method.message_count
     return total - ready
-
-
-def consumer_prefetch(queue: str) -> list[int]:
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return [int(n) for q, n in (line.split("\t") for line in out.splitlines()) if q == queue]
 
 
 def start(make_topology: TopologyFactory, uid: str, tmp_path: Path) -> tuple[Any, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from dlq_router.cli import app
 from dlq_router.policy import Failure, decide
 from dlq_router.topology import Topology
 from tests.conftest import TopologyFactory, route_dict
-from tests.integration.rabbit_driver import RabbitDriver
+from tests.integration.rabbit_driver import RabbitDriver, consumer_prefetch
 from tests.integration.router_process import RouterProcess, write_topology
 from tests.integration.test_router_behaviour import declare, receive, wait_for, wait_parked
 
@@ -299,18 +298,6 @@ def test_second_signal_closes_at_once_while_confirms_are_outstanding(
         driver.close()
 
 
-def dlq_consumer_prefetch(dlq: str) -> list[int]:
-    """prefetch_count of every consumer of ``dlq``, as the broker reports it."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_consumers", "queue_name", "prefetch_count"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    return [int(n) for q, n in (line.split("\t") for line in out.splitlines()) if q == dlq]
-
-
 @pytest.mark.parametrize(("args", "expected"), [((), 2000), (("--prefetch", "7"), 7)])
 def test_router_prefetch_window_is_what_the_broker_sees(
     make_topology: TopologyFactory,
@@ -326,7 +313,7 @@ def test_router_prefetch_window_is_what_the_broker_sees(
     driver = RabbitDriver(topology, topology.routes[0])
     proc = RouterProcess(topology, tmp_path, args=args).start()
     try:
-        assert dlq_consumer_prefetch(driver.names.dlq) == [expected]
+        assert consumer_prefetch(driver.names.dlq) == [expected]
     finally:
         proc.close()
         driver.close()
