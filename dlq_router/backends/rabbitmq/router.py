@@ -299,9 +299,13 @@ class Router:
         self.channel.basic_qos(prefetch_count=self.budget.window, callback=self._on_qos)
 
     def _on_qos(self, _frame: Any) -> None:
+        self._start_consumers(on_ok=self._on_consume_ok)
+
+    def _start_consumers(self, on_ok: Any = None) -> None:
+        """One consumer per route's DLQ, with the prefetch of the last basic.qos."""
         for r in self.routes:
             tag = self.channel.basic_consume(
-                r.names.dlq, functools.partial(self._on_message, r), callback=self._on_consume_ok
+                r.names.dlq, functools.partial(self._on_message, r), callback=on_ok
             )
             self.consumer_tags.append(tag)
 
@@ -547,9 +551,7 @@ class Router:
     def _consume(self, window: int) -> None:
         self.budget.consuming_with(window, time.monotonic())
         self.channel.basic_qos(prefetch_count=window)  # for the consumers created next
-        for r in self.routes:
-            tag = self.channel.basic_consume(r.names.dlq, functools.partial(self._on_message, r))
-            self.consumer_tags.append(tag)
+        self._start_consumers()
 
     def _pause(self) -> None:
         """Over the budget: stop deliveries until what is held is down to half of it."""
