@@ -27,6 +27,7 @@ ParkReason = Literal[
     "unroutable",  # the retry tier did not accept it (deleted queue, say)
     "malformed",  # the transport envelope itself could not be read (Redis)
     "oversized",  # its headers plus ours do not fit one AMQP frame (RabbitMQ)
+    "router_error",  # the router failed on this message (a bug); the error text is the detail
 ]
 PARK_REASONS: tuple[str, ...] = ParkReason.__args__  # type: ignore[attr-defined]
 

@@ -57,6 +57,12 @@ def test_malformed_selectors(kwargs: dict[str, Any], message: str) -> None:
         p.parse_selector(known_routes=ROUTES, **kwargs)
 
 
+def test_router_error_is_a_park_reason_selectors_accept() -> None:
+    m = msg("a", reason="router_error")
+    assert sel(reasons=["router_error"]).matches(m)
+    assert not sel(reasons=["max_attempts"]).matches(m)
+
+
 def test_bulk_needs_a_filter_or_all() -> None:
     with pytest.raises(SelectorError, match="--all"):
         sel(limit=5).require_choice("replay")
