@@ -18,6 +18,7 @@ from dlq_router.metrics import Metrics
 
 if TYPE_CHECKING:  # dlq_router/parking/ imports ParkedMessage from here
     from dlq_router.parking import ParkingLot
+    from dlq_router.status import Status
 
 PlanStatus = Literal["create", "unchanged", "conflict", "warning"]
 
@@ -96,6 +97,10 @@ class Backend(Protocol):
     @property
     def parking(self) -> ParkingLot:
         """The parking lot of every route: list, show, replay, purge, import."""
+        ...
+
+    def status(self, *, groups: bool = True) -> Status:
+        """Read-only status of every route (``groups``: also scan each parking lot)."""
         ...
 
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ from dlq_router.cli import declare as _declare
 from dlq_router.cli import demo as _demo
 from dlq_router.cli import parked, replay
 from dlq_router.cli import run as _run
+from dlq_router.cli import status as _status
 
 app = typer.Typer(
     name="dlq-router",
@@ -41,6 +42,7 @@ app.command("run")(_run.run)
 app.add_typer(parked.app, name="parked")
 app.command("replay")(replay.replay)
 app.command("demo")(_demo.demo)
+app.command("status")(_status.status)
 
 
 def main() -> None:

@@ -213,7 +213,7 @@ def groups(
         topo = load(topology, url)
         sel = selector(topo, route, error_type, reason, older_than, newer_than, None)
         with backend_for(topo) as backend:
-            found = p.groups(backend.parking.iter(sel))
+            found = p.groups(backend.parking.scan(sel))  # one pass, no message kept
         if not found:
             note("no parked messages match" if sel.has_filter else "the parking lot is empty")
             return

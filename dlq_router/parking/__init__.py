@@ -13,10 +13,12 @@ One module per concern, all re-exported here (``from dlq_router.parking import X
 - ``jsonl``: JSONL export/import (``EXPORT_FORMAT``)
 - ``replay``: replay options and result, rate limiter, progress callback
 - ``lot``: the ``ParkingLot`` protocol
+- ``summary``: ``LotSummary`` (count, age range, groups) folded from a scan
 
 The submodules import each other, never this package, so there are no cycles: ``messages``
 imports no other one; ``selector`` and ``render`` use ``messages``; ``jsonl`` uses ``messages``
-and ``render``; ``replay`` imports no other one; ``lot`` uses ``selector`` and ``replay``.
+and ``render``; ``replay`` imports no other one; ``lot`` uses ``selector`` and ``replay``;
+``summary`` uses ``messages`` and ``render``.
 """
 
 from dlq_router.parking.jsonl import EXPORT_FORMAT, export_line, import_line
@@ -61,6 +63,7 @@ from dlq_router.parking.selector import (
     parse_selector,
     select,
 )
+from dlq_router.parking.summary import LotSummary, summarize
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -70,6 +73,7 @@ __all__ = [
     "PREVIEW_BYTES",
     "BodyPreview",
     "Group",
+    "LotSummary",
     "ParkingLot",
     "Progress",
     "RateLimiter",
@@ -97,6 +101,7 @@ __all__ = [
     "reason",
     "select",
     "show_record",
+    "summarize",
     "summary_row",
     "to_json_value",
 ]

@@ -21,6 +21,11 @@ class ParkingLot(Protocol):
         """Messages matching ``selector`` (``limit`` applied), newest first."""
         ...
 
+    def scan(self, selector: Selector) -> Iterator[ParkedMessage]:
+        """Messages matching ``selector`` (``limit`` ignored) in no particular order, one at
+        a time: nothing is kept, so summaries of a large lot stay small (``LotSummary``)."""
+        ...
+
     def get(self, msg_id: str, route: str | None = None) -> ParkedMessage:
         """One message by id; ``NotFound`` when it is not parked."""
         ...

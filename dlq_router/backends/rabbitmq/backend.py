@@ -11,6 +11,7 @@ from dlq_router.backends.rabbitmq import declare as _declare
 from dlq_router.backends.rabbitmq.connection import connect
 from dlq_router.backends.rabbitmq.parking import RabbitParkingLot
 from dlq_router.backends.rabbitmq.spec import topology_specs
+from dlq_router.status import Status
 from dlq_router.topology import Topology
 
 
@@ -42,6 +43,11 @@ class RabbitBackend:
     @property
     def parking(self) -> RabbitParkingLot:
         return RabbitParkingLot(lambda: self.connection, self.topology)
+
+    def status(self, *, groups: bool = True) -> Status:
+        from dlq_router.backends.rabbitmq.status import collect
+
+        return collect(self.connection, self.topology, groups=groups)
 
     def close(self) -> None:
         if self._connection is not None and self._connection.is_open:

@@ -7,6 +7,11 @@ its original position, not redelivered to anyone else meanwhile. Replay and purg
 the messages they moved (after the republish was confirmed) before closing. A snapshot reads
 the whole queue: that is the cost of listing (figures in the README, "Benchmarks").
 
+Reading keeps memory bounded: a snapshot given a ``sink`` hands each delivery to it and keeps
+nothing, so ``iter`` with a limit holds only the newest N that match (a heap), ``scan`` (groups,
+status, the console) holds only what arrived in one read, and the broker keeps the rest
+unacked. Only replay, purge and unlimited listings (export) hold every message they select.
+
 The consumer is registered on pika's underlying channel (``channel._impl``): BlockingChannel's
 own cancel rejects its buffered messages one by one before the close, which would put them
 back ahead of the ones already delivered on a quorum queue. The same channel object also
@@ -17,7 +22,9 @@ instead of one round trip per message.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import heapq
 import itertools
 import time
 from collections import OrderedDict
@@ -109,12 +116,21 @@ class _Snapshot:
     """
 
     def __init__(
-        self, connection: pika.BlockingConnection, route: Route, queue: str, *, read: bool = True
+        self,
+        connection: pika.BlockingConnection,
+        route: Route,
+        queue: str,
+        *,
+        read: bool = True,
+        sink: Callable[[int, ParkedMessage], None] | None = None,
     ) -> None:
         self.connection = connection
         self.route = route
         self.queue = queue
         self.held: list[_Held] = []
+        # With a sink, each delivery goes there (tag, message) and nothing is held here.
+        self.sink = sink
+        self.received = 0
         self.channel = connection.channel()
         self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
         self.short = 0  # messages not read because another consumer holds them
@@ -135,22 +151,26 @@ class _Snapshot:
         self, _ch: Any, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
     ) -> None:
         msg = to_message(self.route.name, props, body)
-        self.held.append(_Held(method.delivery_tag, msg, self))
+        self.received += 1
+        if self.sink is not None:
+            self.sink(method.delivery_tag, msg)
+        else:
+            self.held.append(_Held(method.delivery_tag, msg, self))
 
     @property
     def finished(self) -> bool:
-        return len(self.held) >= self.depth or self.short > 0
+        return self.received >= self.depth or self.short > 0
 
     def pump(self) -> bool:
         """Read what has arrived; False once the whole depth (or all that is free) is read."""
         if self.finished:
             return False
         self.connection.process_data_events(time_limit=0.01)
-        if len(self.held) != self._seen:
-            self._last, self._seen = time.monotonic(), len(self.held)
+        if self.received != self._seen:
+            self._last, self._seen = time.monotonic(), self.received
         elif time.monotonic() - self._last > IDLE_TIMEOUT:
             # Another listing or replay holds the rest (unacked, so not ready for us).
-            self.short = self.depth - len(self.held)
+            self.short = self.depth - self.received
         return not self.finished
 
     def leave(self, tag: int) -> None:
@@ -189,7 +209,7 @@ class _Snapshot:
         """
         if not self.channel.is_open:
             return
-        returning = len(self.held) - self._acked
+        returning = self.received - self._acked
         ready = self.channel.queue_declare(self.queue, passive=True).method.message_count
         self.channel.close()
         if returning:
@@ -254,6 +274,9 @@ class RabbitParkingLot:
         return [by_msg[id(m)] for m in select((x.msg for x in held), selector)]
 
     def iter(self, selector: Selector) -> Iterator[ParkedMessage]:
+        if selector.limit is not None:
+            yield from self._newest(selector, selector.limit)
+            return
         snaps = self._snapshots(self._routes(selector))
         try:
             chosen = [x.msg for x in self._chosen(snaps, selector)]
@@ -261,8 +284,83 @@ class RabbitParkingLot:
             self._close(snaps)
         yield from chosen
 
+    def _read(self, selector: Selector, sink: Callable[[int, int, ParkedMessage], None]) -> None:
+        """Every parked message of the selected routes through ``sink(route index, delivery
+        tag, message)``, one route at a time; nothing is held here and each queue is handed
+        back (and seen back in place) before the next is read."""
+        for snap in self._streams(selector, sink):
+            while self._pump(snap):
+                pass
+
+    def _streams(
+        self, selector: Selector, sink: Callable[[int, int, ParkedMessage], None]
+    ) -> Iterator[_Snapshot]:
+        """Unread snapshots of the selected routes feeding ``sink``, one open at a time and
+        closed (messages back in place) when the caller moves on."""
+        conn = None
+        for index, route in enumerate(self._routes(selector)):
+            queue = rabbit_names(self.topology, route).parking
+            try:
+                conn = conn or self._connect()
+                snap = _Snapshot(
+                    conn, route, queue, read=False, sink=functools.partial(sink, index)
+                )
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    raise NotFound(
+                        f"parking queue of route {route.name!r} does not exist "
+                        "(run `dlq-router declare` first)"
+                    ) from exc
+                raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+            except (pe.AMQPError, OSError) as exc:
+                raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+            try:
+                yield snap
+            finally:
+                self._close([snap])
+
+    def _pump(self, snap: _Snapshot) -> bool:
+        try:
+            return snap.pump()
+        except (pe.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+
+    def _newest(self, selector: Selector, limit: int) -> list[ParkedMessage]:
+        """The newest ``limit`` messages that match, holding no more than that many: a
+        min-heap on (parked at, earlier route first, later in the queue first), the order
+        ``_chosen`` sorts by."""
+        heap: list[tuple[int, int, int, ParkedMessage]] = []
+
+        def keep(index: int, tag: int, msg: ParkedMessage) -> None:
+            if not selector.matches(msg):
+                return
+            item = (parked_at(msg), -index, tag, msg)  # (index, tag) is unique: no msg compare
+            if len(heap) < limit:
+                heapq.heappush(heap, item)
+            elif item[:3] > heap[0][:3]:
+                heapq.heapreplace(heap, item)
+
+        self._read(selector, keep)
+        return [item[3] for item in sorted(heap, key=lambda i: i[:3], reverse=True)]
+
+    def scan(self, selector: Selector) -> Iterator[ParkedMessage]:
+        """Matching messages in queue order as they arrive; only one read's worth is held."""
+        arrived: list[ParkedMessage] = []
+
+        def keep(_index: int, _tag: int, msg: ParkedMessage) -> None:
+            if selector.matches(msg):
+                arrived.append(msg)
+
+        for snap in self._streams(selector, keep):
+            while True:
+                more = self._pump(snap)
+                yield from arrived
+                arrived.clear()
+                if not more:
+                    break
+
     def get(self, msg_id: str, route: str | None = None) -> ParkedMessage:
-        selector = Selector(routes=(route,) if route else (), ids=frozenset([msg_id]))
+        selector = Selector(routes=(route,) if route else (), ids=frozenset([msg_id]), limit=1)
         for msg in self.iter(selector):
             return msg
         raise NotFound(f"no parked message with id {msg_id!r}")

@@ -11,6 +11,7 @@ import contextlib
 from dlq_router.backends.base import DeclareReport, RouterContext
 from dlq_router.backends.redis.connection import RedisClient, connect
 from dlq_router.backends.redis.parking import RedisParkingLot
+from dlq_router.status import Status
 from dlq_router.topology import Topology
 
 
@@ -35,6 +36,11 @@ class RedisBackend:
     @property
     def parking(self) -> RedisParkingLot:
         return RedisParkingLot(self.client, self.topology)
+
+    def status(self, *, groups: bool = True) -> Status:
+        from dlq_router.backends.redis.status import collect
+
+        return collect(self.client, self.topology, groups=groups)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -11,6 +11,7 @@ exception: see the README, "Known limitations").
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
@@ -191,6 +192,10 @@ class RedisParkingLot:
             yield from select(newest_first(streams), selector)
         except rex.RedisError as exc:
             raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+
+    def scan(self, selector: Selector) -> Iterator[ParkedMessage]:
+        """Every match, a page of the index at a time (already bounded: ``iter`` is lazy)."""
+        yield from self.iter(dataclasses.replace(selector, limit=None))
 
     def get(self, msg_id: str, route: str | None = None) -> ParkedMessage:
         try:
