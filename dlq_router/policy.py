@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from dlq_router import headers as h
+from dlq_router import numbers
 from dlq_router.durations import format_duration_ms
 from dlq_router.names import tier_lanes
 from dlq_router.topology import Route
@@ -75,20 +76,6 @@ def is_non_retryable(error_type: str | None, non_retryable: list[str]) -> bool:
     )
 
 
-def _read_attempts(value: Any) -> int | None:
-    """Previous failures recorded in our header; None when the value is unusable."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    text = h.as_text(value)
-    if text is not None and text.strip().isdigit():
-        return int(text.strip())
-    return None
-
-
 def park_headers(
     base: Mapping[str, Any], reason: str, detail: str, now_ms: int, message_id: str
 ) -> dict[str, Any]:
@@ -97,7 +84,9 @@ def park_headers(
     out[h.PARK_REASON] = reason
     out[h.PARK_DETAIL] = h.truncate(detail, 512)
     out[h.PARKED_AT] = now_ms
-    out.setdefault(h.ID, message_id)
+    # A parked message keeps its id across replays; one that is not a plausible id
+    # (a list, 10 KB of text, control characters) gets ``message_id``.
+    out[h.ID] = h.read_id(base.get(h.ID)) or message_id
     return out
 
 
@@ -144,14 +133,15 @@ def decide(
         if origin_queue is not None:
             out[h.ORIGIN_QUEUE] = origin_queue
 
-    previous = _read_attempts(get(h.ATTEMPTS))
+    raw_attempts = get(h.ATTEMPTS)
+    previous = 0 if raw_attempts is None else numbers.attempts(raw_attempts)
 
     def park(reason: ParkReason, detail: str, attempts: int) -> Park:
         out[h.ATTEMPTS] = attempts
         return Park(attempts, reason, detail, park_headers(out, reason, detail, now_ms, message_id))
 
     if previous is None:
-        bad = h.truncate(repr(get(h.ATTEMPTS)), 100)
+        bad = h.truncate(h.show_value(raw_attempts), 100)
         # Keep the bad value visible for the operator; the count restarts on replay.
         out["dlq-invalid-attempts"] = bad
         return park("invalid_header", f"{h.ATTEMPTS} is not a whole number: {bad}", 1)

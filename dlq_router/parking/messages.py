@@ -10,6 +10,7 @@ import hashlib
 import time
 
 from dlq_router import headers as h
+from dlq_router import numbers
 from dlq_router.backends.base import ParkedMessage
 
 FINGERPRINT_LENGTH = 12
@@ -23,8 +24,7 @@ def parked_at(msg: ParkedMessage) -> int:
 
 
 def attempts(msg: ParkedMessage) -> int | None:
-    value = msg.headers.get(h.ATTEMPTS)
-    return value if isinstance(value, int) and not isinstance(value, bool) else h.as_ms(value)
+    return numbers.attempts(msg.headers.get(h.ATTEMPTS))
 
 
 def error_type(msg: ParkedMessage) -> str:

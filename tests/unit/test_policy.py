@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -74,11 +76,52 @@ def test_non_retryable_matching() -> None:
     assert not is_non_retryable(None, ["ValueError"])
 
 
-@pytest.mark.parametrize("bad", ["abc", -1, True, 1.5, b"x1"])
+def short(value: Any) -> str:
+    """A test id for any value (repr() refuses a 5,000-digit int)."""
+    try:
+        return repr(value)[:40]
+    except ValueError:
+        return f"<{type(value).__name__}>"
+
+
+HOSTILE_ATTEMPTS = [
+    "abc", -1, True, 1.5, b"x1",
+    # issue 10: "²".isdigit() is true but int("²") raised out of the policy
+    "\u00b2", b"\xc2\xb2", "1\u00b2",
+    2.0, 2.5, float("inf"), float("nan"), 1e400, Decimal("2"), dt.datetime(2026, 1, 1),
+    2**31 - 1, 2**63 - 1, 2**64, 10**5000, "9" * 5000, "1e3", "+1", "0x1", " ", [1], {"n": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", HOSTILE_ATTEMPTS, ids=short)
 def test_attempts_of_wrong_type_park_as_invalid_header(bad: Any) -> None:
     d = run({**ORIGIN, h.ATTEMPTS: bad})
     assert isinstance(d, Park) and d.reason == "invalid_header"
+    assert d.attempts == 1 and d.headers[h.ATTEMPTS] == 1
     assert "dlq-invalid-attempts" in d.headers
+    assert len(d.headers["dlq-invalid-attempts"]) <= 100
+
+
+def test_largest_attempts_value_is_read() -> None:
+    d = run({**ORIGIN, h.ATTEMPTS: 2**31 - 2})
+    assert isinstance(d, Park) and d.reason == "max_attempts" and d.attempts == 2**31 - 1
+
+
+@pytest.mark.parametrize("bad", ["\u00b2", 2**64 - 1, 253_402_300_800_000, 1.5, -1, "x"])
+def test_unusable_first_failed_at_is_stamped_again(bad: Any) -> None:
+    d = run({**ORIGIN, h.FIRST_FAILED_AT: bad})
+    assert isinstance(d, Retry) and d.headers[h.FIRST_FAILED_AT] == NOW
+
+
+@pytest.mark.parametrize("given", ["", "has space", "x" * 129, 7, ["id"], "bell\x07", None])
+def test_implausible_dlq_id_is_replaced(given: Any) -> None:
+    d = run({h.ID: given})
+    assert isinstance(d, Park) and d.headers[h.ID] == "id-1"
+
+
+def test_plausible_dlq_id_is_kept_across_parks() -> None:
+    d = run({h.ID: b"0123abcd-ef"})
+    assert isinstance(d, Park) and d.headers[h.ID] == "0123abcd-ef"
 
 
 def test_numeric_text_attempts_are_accepted() -> None:

@@ -1,10 +1,18 @@
-"""policy.decide against its first, straightforward implementation (kept here verbatim as
-the oracle): the optimised one must decide and write headers exactly the same way."""
+"""policy.decide against its first, straightforward implementation (kept here as the
+oracle): the optimised one must decide and write headers exactly the same way.
+
+The oracle's number and id readers follow the documented rules of ``dlq_router.numbers``
+(issue 10: ``"²".isdigit()`` made both versions raise, and that counted as agreement). The
+policy must never raise: an exception from ``decide`` fails the test whatever the oracle
+says.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -29,16 +37,26 @@ def as_text(value: Any) -> str | None:
     return str(value)
 
 
-def as_ms(value: Any) -> int | None:
-    """A timestamp header as integer ms, or None when absent or unreadable."""
+def whole(value: Any, limit: int) -> int | None:
+    """The documented number rule: an int (not bool) or decimal-digit text, 0..limit."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    text = as_text(value)
-    if text is not None and text.strip().isdigit():
-        return int(text.strip())
+        return value if 0 <= value <= limit else None
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str) and 0 < len(value.strip()) <= 20 and value.strip().isdecimal():
+        number = int(value.strip())
+        return number if number <= limit else None
     return None
+
+
+def as_ms(value: Any) -> int | None:
+    """A timestamp header as integer ms (up to the end of year 9999), or None."""
+    return whole(value, 253_402_300_799_999)
 
 
 def truncate(text: str, limit: int = h.MAX_ERROR_MESSAGE) -> str:
@@ -67,14 +85,7 @@ def _read_attempts(value: Any) -> int | None:
     """Previous failures recorded in our header; None when the value is unusable."""
     if value is None:
         return 0
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    text = as_text(value)
-    if text is not None and text.strip().isdigit():
-        return int(text.strip())
-    return None
+    return whole(value, 2**31 - 2)
 
 
 def park_headers(
@@ -85,7 +96,17 @@ def park_headers(
     out[h.PARK_REASON] = reason
     out[h.PARK_DETAIL] = truncate(detail, 512)
     out[h.PARKED_AT] = now_ms
-    out.setdefault(h.ID, message_id)
+    given = incoming_id = base.get(h.ID)
+    if isinstance(given, bytes):
+        incoming_id = given.decode("ascii", errors="replace")
+    plausible = (
+        isinstance(incoming_id, str)
+        and 0 < len(incoming_id) <= 128
+        and incoming_id.isascii()
+        and incoming_id.isprintable()
+        and " " not in incoming_id
+    )
+    out[h.ID] = incoming_id if plausible else message_id
     return out
 
 
@@ -179,15 +200,21 @@ def reference_decide(
 ABSENT = object()
 VALUES: dict[str, list[Any]] = {
     h.ATTEMPTS: [ABSENT, None, 0, 1, 2, 3, 7, -1, True, False, "2", " 3 ", "abc", b"1", b"x1",
-                 1.5, bytearray(b"2"), "\u0663", "\u00b2", ""],
-    h.FIRST_FAILED_AT: [ABSENT, None, 1_700_000_000_000, "1700000000000", b"17", True, "x", 1.5],
-    h.ERROR_MESSAGE: [ABSENT, None, "SMTP down", "e" * 5000, b"bytes \xff", 42],
+                 1.5, bytearray(b"2"), "\u0663", "\u00b2", "", 2.0, 2.5, 2**31 - 2, 2**31 - 1,
+                 2**63 - 1, 2**64, 10**30, "9" * 30, "+3", "-3", "3.0", "1e3", b"\xff",
+                 float("inf"), float("nan"), Decimal("2"), [1], {"n": 1},
+                 dt.datetime(2026, 1, 1), "\u00b2\u00b3", "\uff13"],
+    h.FIRST_FAILED_AT: [ABSENT, None, 1_700_000_000_000, "1700000000000", b"17", True, "x", 1.5,
+                        "\u00b2", 2**64 - 1, 253_402_300_799_999, 253_402_300_800_000, -1,
+                        float("inf"), dt.datetime(2026, 1, 1)],
+    h.ERROR_MESSAGE: [ABSENT, None, "SMTP down", "e" * 5000, b"bytes \xff", 42, Decimal("1.5"),
+                      [1, "a"], 2.5],
     h.ERROR_TYPE: [ABSENT, None, "ValueError", "pkg.ValueError", b"ValueError", "", 7,
                    "myapp.errors.Permanent", "other.Permanent", "IOError"],
     h.ORIGIN_EXCHANGE: [ABSENT, None, "emails", b"emails", "", 5],
     h.ORIGIN_ROUTING_KEY: [ABSENT, None, "emails", b"rk", ""],
     h.ORIGIN_QUEUE: [ABSENT, None, "emails", b"q"],
-    h.ID: [ABSENT, "kept-id", b"bytes-id"],
+    h.ID: [ABSENT, "kept-id", b"bytes-id", "", "has space", "x" * 200, 7, ["id"], "bell\x07"],
     h.PARK_REASON: [ABSENT, "max_attempts"],
     h.PARKED_AT: [ABSENT, 1],
     h.RETRY_TIER: [ABSENT, "10s"],
@@ -218,11 +245,9 @@ def make_route(i: int) -> Route:
 
 
 def outcome(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-    """Everything a decision says, header order included, or the exception it raised."""
-    try:
-        d = fn(*args, **kwargs)
-    except Exception as exc:
-        return ("raised", type(exc), str(exc))
+    """Everything a decision says, header order included. Raising is a failure, never an
+    outcome two versions could agree on."""
+    d = fn(*args, **kwargs)
     if isinstance(d, Retry):
         return (
             "retry",
