@@ -32,6 +32,13 @@ class Metrics:
             ["route", "kind"],
             registry=r,
         )
+        self.held_too_long = Counter(
+            "dlq_router_held_too_long",
+            "Reports of a dead letter held past the limit because its park is refused "
+            "(each report is also logged with the message id)",
+            ["route"],
+            registry=r,
+        )
         self.reconnects = Counter("dlq_router_reconnects", "Broker reconnects", registry=r)
         self.moved = Counter(
             "dlq_router_retries_moved",

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from bisect import bisect
 from dataclasses import dataclass
 from typing import Any
 
+from dlq_router import numbers
 from dlq_router.ids import new_id
 
 # kombu.transport.redis: Channel.sep and PRIORITY_STEPS. A message of priority p goes to
@@ -56,10 +58,7 @@ class Envelope:
 
     def priority_step(self) -> int:
         """kombu's ``_get_message_priority`` + ``priority``: the list this message goes to."""
-        try:
-            priority = max(min(int(self.properties["priority"]), 9), 0)
-        except (TypeError, ValueError, KeyError):
-            priority = 0
+        priority = numbers.priority(self.properties.get("priority"))
         return PRIORITY_STEPS[bisect(PRIORITY_STEPS, priority) - 1]
 
     def with_headers(self, headers: dict[str, Any], *, new_delivery_tag: bool) -> str:
@@ -75,15 +74,38 @@ class Envelope:
         return _encode(out)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise Malformed(f"not JSON: {name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400 is valid JSON, but no double holds it
+        raise Malformed(f"not JSON: the number {text[:40]} is out of range")
+    return value
+
+
+# Strict RFC 8259 JSON: Python's json accepts NaN and Infinity and turns 1e400 into inf;
+# kombu's own int(priority) then raises OverflowError. Such an envelope is parked as
+# malformed with its raw bytes, like any other non-JSON dead letter.
+_decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+
+
 def parse(raw: bytes) -> Envelope:
     """Read a dead letter; ``Malformed`` when it is not a kombu envelope."""
     try:
         # Decode as UTF-8 first: json.loads(bytes) would guess UTF-16/32 from the first bytes.
-        data = json.loads(raw.decode("utf-8"))
+        data = _decode(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise Malformed(f"not UTF-8 text: {exc}") from None
     except json.JSONDecodeError as exc:
         raise Malformed(f"not JSON: {exc}") from None
+    except Malformed:
+        raise
+    except RecursionError:
+        raise Malformed("not JSON this router can read: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (int's own limit)
+        raise Malformed(f"not JSON this router can read: {exc}") from None
     if not isinstance(data, dict):
         raise Malformed(f"a JSON {type(data).__name__}, not a kombu envelope object")
     if not isinstance(data.get("properties"), dict):

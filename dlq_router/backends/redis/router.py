@@ -36,6 +36,7 @@ from dlq_router.backends.redis.connection import (
     describe,
     script,
 )
+from dlq_router.backends.redis.held import HeldLetters
 from dlq_router.backends.redis.mover import Mover
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerError, BrokerUnavailable
@@ -73,6 +74,8 @@ class Item(NamedTuple):
     payload: str  # retry member or parked envelope
     arg: int | str  # due ms / parked id
     label: str  # tier (retry) or park reason, for metrics
+    # A park: the envelope again under another id (route.lua found the id taken).
+    rebuild: Callable[[str], str] | None = None
 
 
 class _Decided(NamedTuple):
@@ -82,6 +85,7 @@ class _Decided(NamedTuple):
     route_batch: Any  # the registered route.lua script
     items: list[Item]
     args: list[Any]
+    letters: list[bytes]  # the claimed dead letters (to recognise one held again)
 
 
 def supervise(
@@ -138,6 +142,7 @@ class Claimer:
         self._routing: tuple[_Decided, DeferredCall] | None = None
         # route name -> (its next claim, on the wire; that batch's id; route.lua)
         self._claims: dict[str, tuple[DeferredCall, str, Any]] = {}
+        self.held = HeldLetters(ctx)
 
     def run(self, client: RedisClient, halt: threading.Event) -> None:
         try:
@@ -184,7 +189,47 @@ class Claimer:
             statuses, min_score = call.result()
             if min_score:
                 self.mover.schedule(int(min_score))
-            self.account(decided.rk, decided.items, statuses.decode())
+            text = statuses.decode()
+            if "c" in text:
+                text = self._repark(decided, text)
+            if "h" in text or self.held:
+                ids = [item.arg for item in decided.items]
+                self.held.note(decided.rk.route.name, text, decided.letters, ids)
+            self.account(decided.rk, decided.items, text)
+
+    def _repark(self, decided: _Decided, statuses: str) -> str:
+        """Park again, under fresh ids, the items whose ``dlq-id`` was already parked.
+
+        A producer can set any ``dlq-id``; route.lua never replaces a parked message, it
+        answers "c" and leaves the dead letter leased. A fresh id is the router's own, so
+        the second call parks it (a few rounds at most, for ids that collide again).
+        """
+        k = decided.rk.keys
+        keys = [k.inflight, k.retry, k.seq, k.parked, k.parked_index, k.claims]
+        result = list(statuses)
+        for _ in range(3):
+            todo = [i for i, s in enumerate(result) if s == "c"]
+            if not todo:
+                break
+            args: list[Any] = list(decided.args[:4])
+            for i in todo:
+                item = decided.items[i]
+                fresh = new_id()
+                assert item.rebuild is not None  # only parks come back "c"
+                self.ctx.log.warning(
+                    "%s: a different message is already parked as %s; parking this one as %s",
+                    decided.rk.route.name,
+                    item.arg,
+                    fresh,
+                )
+                decided.items[i] = item._replace(payload=item.rebuild(fresh), arg=fresh)
+                args += [f"p {item.claim} {fresh}", decided.items[i].payload]
+            again, _ = decided.route_batch(keys=keys, args=args)
+            for i, status in zip(todo, again.decode(), strict=True):
+                result[i] = status
+        # Still taken after three fresh ids (never seen): the lease expires and the dead
+        # letter is examined again, like a held one.
+        return "".join("h" if s == "c" else s for s in result)
 
     def _claim(self, rk: RouteKeys, claim: Any, batch_id: str) -> DeferredCall:
         k = rk.keys
@@ -274,17 +319,56 @@ class Claimer:
         args: list[Any] = [now, parking.max_length or 0, parking.overflow, now + HOLD_MS]
         for item in items:
             args += [f"{item.op} {item.claim} {item.arg}", item.payload]
-        return _Decided(rk, route_batch, items, args)
+        return _Decided(rk, route_batch, items, args, letters)
 
     def decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
+        """One dead letter's decision. Never raises: a failure on this message (a bug)
+        parks it as ``router_error`` with the exception text, and routing goes on."""
+        try:
+            return self._decide(rk, claim, raw, now)
+        except Exception as exc:
+            return self._router_error(rk, claim, raw, now, exc)
+
+    def _router_error(
+        self, rk: RouteKeys, claim: str, raw: bytes, now: int, exc: Exception
+    ) -> Item:
+        detail = f"{type(exc).__name__}: {h.as_text(exc)}"
+        route = rk.route
+        self.ctx.log.error(
+            "%s: the router failed on a dead letter (claim %s); parking it as router_error: %s",
+            route.name,
+            claim,
+            detail,
+            exc_info=exc,
+        )
+
+        def build(message_id: str) -> str:
+            headers = park_headers({h.ROUTE: route.name}, "router_error", detail, now, message_id)
+            try:  # the envelope as it came, with the park headers added
+                env = envelope.parse(raw)
+                base = {**env.headers, h.ROUTE: route.name}
+                parked = park_headers(base, "router_error", detail, now, message_id)
+                parked[h.ID] = message_id
+                return env.with_headers(parked, new_delivery_tag=False)
+            except Exception:  # that is what failed: keep the raw bytes, like malformed
+                return envelope.wrap_malformed(raw, headers, route.queue)
+
+        message_id = new_id()
+        return Item("p", claim, build(message_id), message_id, "router_error", build)
+
+    def _decide(self, rk: RouteKeys, claim: str, raw: bytes, now: int) -> Item:
         route, queue = rk.route, rk.route.queue
         message_id = new_id()
         try:
             env = envelope.parse(raw)
         except envelope.Malformed as exc:
-            headers = park_headers({h.ROUTE: route.name}, "malformed", str(exc), now, message_id)
-            payload = envelope.wrap_malformed(raw, headers, queue)
-            return Item("p", claim, payload, str(headers[h.ID]), "malformed")
+            detail = str(exc)
+
+            def wrap(message_id: str) -> str:
+                headers = park_headers({h.ROUTE: route.name}, "malformed", detail, now, message_id)
+                return envelope.wrap_malformed(raw, headers, queue)
+
+            return Item("p", claim, wrap(message_id), message_id, "malformed", wrap)
         info = env.delivery_info
         failure = Failure(
             env.headers,
@@ -301,8 +385,13 @@ class Claimer:
             continuous_jitter=True,
         )
         if isinstance(decision, Park):
-            payload = env.with_headers(decision.headers, new_delivery_tag=False)
-            return Item("p", claim, payload, str(decision.headers[h.ID]), decision.reason)
+            parked = decision.headers
+
+            def rebuild(message_id: str) -> str:
+                return env.with_headers({**parked, h.ID: message_id}, new_delivery_tag=False)
+
+            payload = env.with_headers(parked, new_delivery_tag=False)
+            return Item("p", claim, payload, parked[h.ID], decision.reason, rebuild)
         step = env.priority_step() if self.mover.priorities else 0
         payload = str(step) + env.with_headers(decision.headers, new_delivery_tag=True)
         tier = format_duration_ms(route.retry.delays[decision.tier])

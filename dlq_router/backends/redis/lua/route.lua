@@ -20,7 +20,8 @@
 --          (two arguments, not four: packing arguments is most of the client's cost)
 --
 -- Returns {statuses, min_score}: one character per item, "r" retried, "p" parked,
--- "h" held (parking lot full, reject-publish), "s" skipped (lease lost); min_score is the
+-- "h" held (parking lot full, reject-publish), "c" id collision (that parked id is taken:
+-- still leased, nothing written), "s" skipped (lease lost); min_score is the
 -- lowest retry score written in this call (as a string), or "" when none.
 local now = ARGV[1]
 local max_length = tonumber(ARGV[2])
@@ -57,6 +58,11 @@ for i = 0, n - 1 do
     end
   elseif redis.call('ZSCORE', KEYS[1], id) == false then
     status = 's'
+  elseif redis.call('HEXISTS', KEYS[4], arg) == 1 then
+    -- The id is parked already, by a different message (producers can set any dlq-id):
+    -- a park never replaces another. The dead letter stays leased; the router parks it
+    -- again under an id of its own.
+    status = 'c'
   else
     local full = max_length > 0 and redis.call('HLEN', KEYS[4]) >= max_length
     if full and not drop_head then
