@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, states
 from celery.result import AsyncResult
 
 from dlq_router.celery import configure
@@ -206,10 +205,8 @@ class StateWatch:
             state = self.result.state
             if not self.states or self.states[-1] != state:
                 self.states.append(state)
-            if self.result.ready():
+            if state in states.READY_STATES:
                 return self.states
             time.sleep(0.02)
         raise AssertionError(f"{self.result.id} not ready after {timeout}s: {self.states}")
 
-
-_TIME = re.compile(r"\d")
