@@ -209,4 +209,3 @@ class StateWatch:
                 return self.states
             time.sleep(0.02)
         raise AssertionError(f"{self.result.id} not ready after {timeout}s: {self.states}")
-
