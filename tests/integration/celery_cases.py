@@ -1,0 +1,141 @@
+"""End-to-end behaviour of the Celery drop-in, shared by both brokers.
+
+A real ``celery worker`` (prefork, concurrency 2) runs the example app, the real
+``dlq-router run`` routes its dead letters; the test process sends tasks with a client app
+configured by the same topology. Subclasses provide the ``stack`` and ``queue`` fixtures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.celery_harness import (
+    DELAYS_MS,
+    MAX_ATTEMPTS,
+    CeleryStack,
+    StateWatch,
+    dlq,
+    runs,
+    wait_for,
+)
+
+
+class CeleryCases:
+    def test_fails_twice_then_succeeds_after_the_tier_delays(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        result = stack.send("example.flaky", queue, fail_times=2, log=str(log))
+        states = StateWatch(result).until_ready(60)
+        assert result.get(timeout=5) == "ok after 3 runs"
+        got = runs(log)
+        assert [r["attempts"] for r in got] == [None, 1, 2], got
+        gaps_ms = [(b["at"] - a["at"]) * 1000 for a, b in itertools.pairwise(got)]
+        for gap, delay in zip(gaps_ms, DELAYS_MS, strict=True):
+            assert gap >= delay - 5, (gaps_ms, DELAYS_MS)
+        # While the broker holds the retry the state is RETRY, never FAILURE.
+        assert "RETRY" in states and "FAILURE" not in states, states
+        assert states[-1] == "SUCCESS"
+
+    def test_get_waits_across_broker_retries(self, stack: CeleryStack, queue: str) -> None:
+        result = stack.send("example.flaky", queue, fail_times=1)
+        assert result.get(timeout=60) == "ok after 2 runs"
+
+    def test_always_failing_task_ends_parked_with_its_error(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        order = uuid.uuid4().hex[:8]
+        result = stack.send(
+            "example.charge", queue, order, fixed_flag=str(tmp_path / "fixed"), log=str(log)
+        )
+        states = StateWatch(result).until_ready(60)
+        assert states[-1] == "FAILURE" and "RETRY" in states, states
+        assert len(runs(log)) == MAX_ATTEMPTS
+        with pytest.raises(RuntimeError, match="price is None"):
+            result.get(timeout=5)
+        parked = [
+            p for p in stack.parked("--route", queue) if f"order {order}:" in p["error_message"]
+        ]
+        assert len(parked) == 1, parked
+        assert parked[0]["error_type"] == "RuntimeError"
+        assert parked[0]["reason"] == "max_attempts"
+        assert parked[0]["attempts"] == MAX_ATTEMPTS
+        shown = dlq("parked", "show", parked[0]["id"], "-t", stack.topology_path, "--json")
+        headers = json.loads(shown.stdout)["headers"]
+        assert "RuntimeError: order" in headers["dlq-error-traceback"]
+        assert headers["id"] == result.id and headers["task"] == "example.charge"
+
+    def test_non_retryable_error_parks_at_once(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        result = stack.send("example.send_email", queue, "nobody", log=str(log))
+        states = StateWatch(result).until_ready(60)
+        assert "RETRY" not in states and states[-1] == "FAILURE", states
+        assert len(runs(log)) == 1
+        with pytest.raises(ValueError, match="not an email address"):
+            result.get(timeout=5)
+
+    def test_replayed_parked_task_runs_again_and_succeeds(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log, flag = tmp_path / "runs.jsonl", tmp_path / "fixed"
+        order = uuid.uuid4().hex[:8]
+        result = stack.send("example.charge", queue, order, fixed_flag=str(flag), log=str(log))
+        assert StateWatch(result).until_ready(60)[-1] == "FAILURE"
+        parked = [
+            p for p in stack.parked("--route", queue) if f"order {order}:" in p["error_message"]
+        ]
+        assert len(parked) == 1, parked
+        flag.touch()  # the fix is deployed
+        out = dlq("replay", "-t", stack.topology_path, "--id", parked[0]["id"], "--json")
+        assert '"replayed": 1' in out.stdout, out.stdout
+        # Celery caches a ready state in the AsyncResult and the backend: read it afresh.
+        backend = stack.client.backend
+
+        def meta() -> dict[str, object]:
+            got: dict[str, object] = backend.get_task_meta(result.id, cache=False)
+            return got
+
+        wait_for(lambda: meta()["status"] == "SUCCESS", 60, "SUCCESS after the replay")
+        assert meta()["result"] == f"charged {order}"
+        assert len(runs(log)) == MAX_ATTEMPTS + 1
+        assert stack.parked("--route", queue, "--id", parked[0]["id"]) == []
+
+    def test_pool_process_killed_mid_task_loses_nothing(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        result = stack.send("example.slow", queue, 30, log=str(log))
+        first = wait_for(lambda: runs(log), 60, "the task to start")[0]
+        os.kill(first["pid"], signal.SIGKILL)
+        # Handed to the router as a lost worker (one attempt), retried on the first tier.
+        second = wait_for(lambda: runs(log)[1:], 60, "the task to run again")[0]
+        assert second["id"] == result.id and second["attempts"] == 1
+        assert second["pid"] != first["pid"]
+        os.kill(second["pid"], signal.SIGKILL)  # and again: it is not lost either
+        third = wait_for(lambda: runs(log)[2:], 60, "the third run")[0]
+        assert third["attempts"] == 2
+        # The last attempt is killed too: parked, FAILURE, nothing lost.
+        os.kill(third["pid"], signal.SIGKILL)
+        assert StateWatch(result).until_ready(60)[-1] == "FAILURE"
+        parked = stack.parked("--route", queue, "--error-type", "WorkerLostError")
+        assert any(p["reason"] == "max_attempts" for p in parked), parked
+
+    def test_task_that_kills_its_pool_process_every_time_ends_parked(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        result = stack.send("example.crash", queue, log=str(log))
+        states = StateWatch(result).until_ready(90)
+        assert states[-1] == "FAILURE" and "RETRY" in states, states
+        assert len(runs(log)) == MAX_ATTEMPTS
+        assert "WorkerLostError" in repr(result.result)
