@@ -32,6 +32,13 @@ class Metrics:
             ["route", "kind"],
             registry=r,
         )
+        self.held = Gauge(
+            "dlq_router_held",
+            "Dead letters held unacked because their park (or retry) was not confirmed "
+            "(RabbitMQ)",
+            ["route"],
+            registry=r,
+        )
         self.held_too_long = Counter(
             "dlq_router_held_too_long",
             "Reports of a dead letter held past the limit because its park is refused "

@@ -58,6 +58,8 @@ class RouterContext:
     # RabbitMQ: bodies held at once before consuming pauses; None: DEFAULT_MAX_IN_FLIGHT_BYTES
     max_in_flight_bytes: int | None = None
     shutdown_timeout: float = 10.0
+    # A dead letter held (its park not confirmed) this long is reported: metric + warning.
+    hold_alert_after: float = 300.0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -84,6 +84,15 @@ def run(
     shutdown_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for outstanding confirms on stop.")
     ] = 10.0,
+    hold_alert_after: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a dead letter may stay held (its park not confirmed, e.g. a full "
+            "parking queue) before it is reported: a warning with its id and "
+            "dlq_router_held_too_long_total.",
+        ),
+    ] = 300.0,
     log_format: Annotated[
         logs.LogFormat, typer.Option(help="text (readable) or json (one object per line).")
     ] = "text",
@@ -103,6 +112,7 @@ def run(
             prefetch=prefetch,
             max_in_flight_bytes=max_in_flight_mb * 1024 * 1024 if max_in_flight_mb else None,
             shutdown_timeout=shutdown_timeout,
+            hold_alert_after=hold_alert_after,
         )
         server = None
         if metrics_port is not None:

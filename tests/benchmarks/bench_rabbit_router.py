@@ -372,6 +372,29 @@ def compare(
     }
 
 
+def cpu_only(args: Any, ch: Any, conn: Any, uid: str) -> None:
+    """The router's CPU per routed message, from /proc: robust to a shared, loaded machine
+    (unlike rates). ``--n`` dead letters with Celery-style headers and an x-death entry."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rate, used = router_rate(ch, conn, args.n, uid, Path(tmp), args.prefetch)
+    with contextlib.suppress(Exception):
+        conn.close()
+    router_s = sum(v for k, v in used.items() if k != "broker")
+    result = {
+        "n": args.n,
+        "router_us_per_msg": cpu.per_message_us(router_s, args.n),
+        "broker_us_per_msg": cpu.per_message_us(used["broker"], args.n)
+        if "broker" in used
+        else None,
+        "router_msgs_per_s": round(rate),
+    }
+    print(
+        f"router CPU per routed message: {result['router_us_per_msg']} us "
+        f"(N={args.n}, {result['router_msgs_per_s']} msg/s)"
+    )
+    print(json.dumps(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
@@ -382,10 +405,18 @@ def main() -> None:
     parser.add_argument(
         "--no-split", action="store_true", help="skip the run with the broker on its own core"
     )
+    parser.add_argument(
+        "--cpu-only",
+        action="store_true",
+        help="only the router's CPU per routed message (no shovel, no lateness): short",
+    )
     args = parser.parse_args()
     uid = "bench" + uuid.uuid4().hex[:8]
     conn = connect(URL, client_name="dlq-router bench")
     ch = conn.channel()
+    if args.cpu_only:
+        cpu_only(args, ch, conn, uid)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print(f"N={args.n} messages of {len(BODY)} bytes with Celery-style headers", flush=True)

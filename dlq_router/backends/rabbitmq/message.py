@@ -1,8 +1,9 @@
 """A dead letter's AMQP side: where it came from (x-death) and what can be republished.
 
-Properties are copied as they arrived (content type/encoding, ids, priority, timestamp,
-type, app id, reply-to, delivery mode, every foreign header); the body is never touched.
-Two properties cannot go out unchanged and are kept as headers instead:
+The router sees a delivery's properties as raw fields (``wire.Properties``, see
+rawframes.py): every property and every foreign header goes out byte for byte as it
+arrived; the body is never touched. Two properties cannot go out unchanged and are kept as
+headers instead:
 
 - ``expiration``: a per-message TTL would fight the tier's fixed TTL, and in the parking
   queue (no DLX) an expiring message would simply vanish. Recorded in
@@ -16,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pika import spec
-
 from dlq_router import headers as h
+from dlq_router.backends.rabbitmq import wire
 from dlq_router.policy import Failure
 
 # Content header frame: 7-byte frame header + frame-end octet around a payload of
@@ -27,62 +27,54 @@ HEADER_FRAME_OVERHEAD = 8 + 12
 
 # Router text that may be dropped when the header table would not fit one frame.
 OPTIONAL_TEXT = (h.ERROR_MESSAGE, h.PARK_DETAIL, "dlq-invalid-attempts", h.ORIGIN_QUEUE)
+DROPPED_HEADERS = "dlq-dropped-headers"  # foreign headers cut so that a park fits a frame
 
 
-def failure(headers: Mapping[str, Any]) -> Failure:
-    """Describe a dead letter for the policy; the newest x-death entry says where it died."""
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        newest = deaths[0]
-        keys = newest.get("routing-keys")
-        key = h.as_text(keys[0]) if isinstance(keys, list) and keys else None
+def failure(table: wire.Table) -> Failure:
+    """Describe a dead letter for the policy (its ``dlq-*`` headers only); the newest
+    x-death entry says where it died."""
+    death = table.death
+    if death:
         return Failure(
-            headers=headers,
-            origin_exchange=h.as_text(newest.get("exchange")),
-            origin_routing_key=key,
-            origin_queue=h.as_text(newest.get("queue")),
-            death_reason=h.as_text(newest.get("reason")),
+            headers=table.ours,
+            origin_exchange=death.get("exchange"),
+            origin_routing_key=death.get("routing-keys"),
+            origin_queue=death.get("queue"),
+            death_reason=death.get("reason"),
         )
-    return Failure(headers=headers, death_reason=h.as_text(headers.get("x-first-death-reason")))
+    return Failure(headers=table.ours, death_reason=table.first_death_reason)
 
 
-def original_expiration(props: spec.BasicProperties) -> str | None:
-    """The message's own TTL: its property, or what RabbitMQ moved into x-death."""
-    if props.expiration is not None:
-        return str(props.expiration)
-    deaths = (props.headers or {}).get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return h.as_text(deaths[0].get("original-expiration"))
-    return None
-
-
-def carry_over(props: spec.BasicProperties, out: dict[str, Any], user: str) -> None:
+def carry_over(props: wire.Properties, table: wire.Table, out: dict[str, Any], user: str) -> None:
     """Move what cannot be republished as is (expiration, foreign user_id) into ``out``.
 
     Mutates ``props`` (the router owns the delivered object) so publishing it again keeps
     every other property exactly as it arrived.
     """
-    expiration = original_expiration(props)
+    expiration = props.short(wire.EXPIRATION)
+    if expiration is None:
+        expiration = table.death.get("original-expiration")
     if expiration is not None:
         out[h.ORIGINAL_EXPIRATION] = expiration
-        props.expiration = None
-    if props.user_id is not None and props.user_id != user:
-        out[h.ORIGINAL_USER_ID] = props.user_id
-        props.user_id = None
+        props.fields[wire.EXPIRATION] = None
+    user_id = props.fields[wire.USER_ID]
+    if user_id is not None and user_id[1:] != user.encode():
+        out[h.ORIGINAL_USER_ID] = props.short(wire.USER_ID)
+        props.fields[wire.USER_ID] = None
 
 
 class Encoded:
     """Properties encoded once, both to measure the header frame and to publish.
 
     pika's publish path only calls ``encode()`` (and reads ``INDEX``) on the properties
-    it is given, so handing it this object saves encoding the header table twice, the
-    most expensive step of routing a message.
+    it is given (``frame.Header.marshal``), so either pika's ``BasicProperties`` or the
+    router's raw ``wire.Properties`` can be measured and published through this.
     """
 
-    INDEX = spec.BasicProperties.INDEX
+    INDEX = wire.BASIC_CLASS
     __slots__ = ("pieces", "size")
 
-    def __init__(self, props: spec.BasicProperties) -> None:
+    def __init__(self, props: Any) -> None:
         self.pieces: list[bytes] = props.encode()
         self.size = HEADER_FRAME_OVERHEAD + sum(map(len, self.pieces))
 
@@ -90,12 +82,12 @@ class Encoded:
         return list(self.pieces)  # pika inserts the frame prefix into the list it gets
 
 
-def header_frame_size(props: spec.BasicProperties) -> int:
+def header_frame_size(props: Any) -> int:
     """Bytes of the content header frame these properties produce."""
     return Encoded(props).size
 
 
-def fits(props: spec.BasicProperties, frame_max: int) -> bool:
+def fits(props: Any, frame_max: int) -> bool:
     return header_frame_size(props) <= frame_max
 
 
@@ -120,3 +112,22 @@ def minimal_park(
     out[h.PARKED_AT] = now_ms
     out[h.ID] = h.as_text(incoming.get(h.ID)) or message_id
     return out
+
+
+def drop_to_fit(
+    props: wire.Properties, table: wire.Table, headers: dict[str, Any], frame_max: int
+) -> bool:
+    """Last resort for a park that does not fit even with the fewest router headers (a
+    producer's own table at the frame limit): cut the largest foreign headers until it
+    fits, naming each with its size in ``dlq-dropped-headers``. True if it then fits."""
+    sizes = sorted(table.foreign_entries(), key=lambda e: e[1], reverse=True)
+    dropped: set[bytes] = set()
+    notes: list[str] = []
+    for name, size in sizes:
+        dropped.add(name)
+        notes.append(f"{name.decode('utf-8', 'replace')} ({size} bytes)")
+        headers[DROPPED_HEADERS] = h.truncate(", ".join(notes), 1024)
+        props.table = table.splice(headers, table.without(dropped))
+        if fits(props, frame_max):
+            return True
+    return False

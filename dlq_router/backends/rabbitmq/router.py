@@ -10,9 +10,17 @@ dead letters are in flight at once, and a confirmed prefix is acked with one
 Memory: besides the count window (prefetch), a byte budget on the bodies held pauses
 consuming and narrows the window when dead letters are large (see "the byte budget").
 
+Content headers arrive as bytes (rawframes.py): the router reads only ``x-death`` and its
+own ``dlq-*`` headers and republishes every other header byte for byte (wire.py). No
+message content can drop the connection.
+
 What the broker refuses is never dropped: a retry returned as unroutable is parked
 (reason ``unroutable``); a park that is returned or nacked (parking queue missing or full)
-is *held*: the dead letter stays unacked and is requeued after a growing delay.
+is *held*: the dead letter stays unacked, in memory, and its park is published again after
+a growing delay. Held dead letters do not keep the DLQ's consumer window: past half of it,
+that route consumes again with a fresh window (the held ones stay unacked on the channel),
+so retries behind them keep flowing. An exception while routing one dead letter parks it
+with reason ``router_error`` (the guard, ``_park_error``).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from pika import spec
 
 from dlq_router import headers as h
 from dlq_router.backends.base import RouterContext
-from dlq_router.backends.rabbitmq import message
+from dlq_router.backends.rabbitmq import message, rawframes, wire
 from dlq_router.backends.rabbitmq.budget import ByteBudget
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import connect, describe, parameters
@@ -43,7 +51,10 @@ from dlq_router.policy import PARK_REASONS, Decision, Park, Retry, decide, park_
 from dlq_router.topology import Route, Topology
 
 TICK = 0.2  # how often the ioloop looks at the stop flags
-HOLD_FIRST, HOLD_MAX = 0.5, 30.0  # requeue delay of a held dead letter, doubling
+HOLD_FIRST, HOLD_MAX = 0.5, 30.0  # delay before a held park is published again, doubling
+# Dead letters held at once, all routes. Each re-consume frees a window for the retries
+# behind them; past this the router stops doing so (bodies also count in the byte budget).
+MAX_HELD = 10_000
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
 CLOSE_TIMEOUT = 5.0  # how long a clean close may take before the socket is just dropped
 HEALTHY_AFTER = 10.0  # consuming this long resets the reconnect backoff
@@ -66,9 +77,10 @@ class _Route:
     route: Route
     names: RabbitNames
     metrics: Any = field(repr=False)
-    hold_streak: int = 0
     held_since_log: int = 0
     last_hold_log: float = 0.0
+    consumer_tag: str | None = None
+    consumer_held: int = 0  # held dead letters delivered to the current consumer
 
     def __post_init__(self) -> None:
         name = self.route.name
@@ -82,6 +94,8 @@ class _Route:
             kind: m.publish_failures.labels(name, kind)
             for kind in ("returned", "nack", "oversized", "error")
         }
+        self.held = m.held.labels(name)
+        self.held_too_long = m.held_too_long.labels(name)
 
 
 @dataclass(eq=False, slots=True)
@@ -91,9 +105,21 @@ class _Publish:
     tag: int
     route: _Route
     decision: Decision
-    props: spec.BasicProperties
+    props: wire.Properties
+    table: wire.Table
     body: bytes
+    consumer: str
     returned: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Held:
+    """A dead letter whose park was not confirmed: kept unacked, published again later."""
+
+    publish: _Publish
+    since: float
+    tries: int = 0
+    reported: bool = False
 
 
 def preflight(topology: Topology, client_name: str) -> None:
@@ -163,7 +189,11 @@ class Router:
         self.budget.reset()
         self.ctx.metrics.paused.set(0)
         self.seq = 0
-        self.consumer_tags: list[str] = []
+        self.held: dict[int, _Held] = {}  # DLQ delivery tag -> held dead letter
+        for r in self.routes:
+            r.consumer_tag = None
+            r.consumer_held = 0
+            r.held.set(0)
         self.consuming = False
         self.consuming_since = 0.0
         self.draining = False
@@ -186,6 +216,7 @@ class Router:
                 on_close_callback=self._on_closed,
             )
             Coalescer.install(self.connection)
+            rawframes.install(self.connection)  # content headers as bytes (rawframes.py)
             self.connection.ioloop.call_later(TICK, self._tick)
             try:
                 self.connection.ioloop.start()
@@ -251,8 +282,7 @@ class Router:
         self.drain_deadline = time.monotonic() + self.ctx.shutdown_timeout
         self.ctx.metrics.set_ready(False)
         if self.channel is not None and self.channel.is_open:
-            for tag in self.consumer_tags:
-                self.channel.basic_cancel(tag)
+            self._cancel_consumers()
 
     def _finish(self) -> None:
         if self.closing:
@@ -304,13 +334,16 @@ class Router:
     def _start_consumers(self, on_ok: Any = None) -> None:
         """One consumer per route's DLQ, with the prefetch of the last basic.qos."""
         for r in self.routes:
-            tag = self.channel.basic_consume(
-                r.names.dlq, functools.partial(self._on_message, r), callback=on_ok
-            )
-            self.consumer_tags.append(tag)
+            self._start_consumer(r, on_ok)
+
+    def _start_consumer(self, r: _Route, on_ok: Any = None) -> None:
+        r.consumer_tag = self.channel.basic_consume(
+            r.names.dlq, functools.partial(self._on_message, r), callback=on_ok
+        )
+        r.consumer_held = 0
 
     def _on_consume_ok(self, _frame: Any) -> None:
-        if self.consuming or len(self.consumer_tags) < len(self.routes):
+        if self.consuming or any(r.consumer_tag is None for r in self.routes):
             return
         self.consuming = True
         self.consuming_since = time.monotonic()
@@ -329,7 +362,7 @@ class Router:
     # ---- the hot path ----------------------------------------------------------------
 
     def _on_message(
-        self, r: _Route, _ch: Any, method: Any, props: spec.BasicProperties, body: bytes
+        self, r: _Route, _ch: Any, method: Any, props: wire.Properties, body: bytes
     ) -> None:
         tag = method.delivery_tag
         if self.budget.add(tag, len(body)) and not self.draining:
@@ -339,52 +372,103 @@ class Router:
             return
         self.deliveries[tag] = IN_FLIGHT
         r.dead_letters.inc()
+        original = props.copy()  # for the guard: routing drops expiration/user_id
         try:
-            incoming = props.headers or {}
+            table = wire.Table(props.table)
             decision = decide(
                 r.route,
-                message.failure(incoming),
+                message.failure(table),
                 now_ms=self.ctx.now_ms(),
                 rng=self.ctx.rng,
                 message_id=new_id(),
                 continuous_jitter=False,
             )
-            message.carry_over(props, decision.headers, self.user)
-            self._publish(r, tag, props, body, decision)
-        except Exception:  # a bug must not lose the message or kill the loop: hold it
-            self.log.exception("cannot route a dead letter from %s; holding it", r.names.dlq)
-            self._hold(r, tag, "error")
+            message.carry_over(props, table, decision.headers, self.user)
+            self._publish(_Publish(tag, r, decision, props, table, body, method.consumer_tag))
+        except Exception as exc:  # the guard: one message must never stop a route
+            self._park_error(r, tag, original, body, method.consumer_tag, exc)
 
-    def _publish(
-        self, r: _Route, tag: int, props: spec.BasicProperties, body: bytes, decision: Decision
+    def _park_error(
+        self,
+        r: _Route,
+        tag: int,
+        props: wire.Properties,
+        body: bytes,
+        consumer: str,
+        exc: Exception,
     ) -> None:
+        """Park a dead letter the router failed on (reason ``router_error``, the exception in
+        ``dlq-park-detail``): its headers as they came (foreign ones byte for byte) plus the
+        park headers. Held, like any park, until the broker confirms it."""
+        if self.channel is None or not self.channel.is_open:
+            return  # the delivery went with the channel: it is back in the DLQ
+        detail = h.truncate(f"{type(exc).__name__}: {exc}", 512)
+        self.log.error(
+            "cannot route message_id=%s from %s: %s; parking it as router_error",
+            props.message_id,
+            r.names.dlq,
+            detail,
+        )
+        self.log.debug("router_error traceback", exc_info=exc)
+        extra: dict[str, Any] = {}
+        try:
+            table = wire.Table(props.table)
+        except Exception:  # keep the table whole and only append the park headers
+            table = wire.Table(None)
+            table.foreign = [props.table or b""]
+        if props.unreadable is not None:
+            extra["dlq-unreadable-properties"] = props.unreadable
+        headers = park_headers(
+            {**table.ours, **extra}, "router_error", detail, self.ctx.now_ms(), new_id()
+        )
+        headers[h.ROUTE] = r.route.name
+        for stale in (h.RETRY_DUE_AT, h.RETRY_DELAY_MS, h.RETRY_TIER, h.PUBLISH_ID):
+            headers.pop(stale, None)
+        with contextlib.suppress(Exception):
+            message.carry_over(props, table, headers, self.user)
+        park = Park(0, "router_error", detail, headers)
+        self._safe_publish(_Publish(tag, r, park, props, table, body, consumer))
+
+    def _safe_publish(self, p: _Publish) -> None:
+        """``_publish`` outside the delivery callback; a failure holds the dead letter."""
+        try:
+            self._publish(p)
+        except Exception as exc:
+            if self.channel is None or not self.channel.is_open:
+                return
+            p.route.failures["error"].inc()
+            self.log.error("cannot publish message_id=%s: %r", p.props.message_id, exc)
+            self._hold(p, "error")
+
+    def _publish(self, p: _Publish) -> None:
+        r, props, decision = p.route, p.props, p.decision
         seq = self.seq + 1
         out = decision.headers
         out[h.PUBLISH_ID] = seq
-        props.headers = out
+        props.table = p.table.splice(out)
         encoded = message.Encoded(props)
         if encoded.size > self.frame_max:
-            decision = self._shrink(r, props, decision, seq)
+            decision = p.decision = self._shrink(p, seq)
             encoded = message.Encoded(props)
             if encoded.size > self.frame_max:
                 r.failures["oversized"].inc()
-                self._hold(r, tag, "oversized")
+                self._hold(p, "oversized")
                 return
         if isinstance(decision, Retry):
             exchange = r.names.retry_exchange
             key = r.names.tiers[decision.tier].lanes[decision.lane].queue
         else:
             exchange, key = "", r.names.parking
-        self.channel.basic_publish(exchange, key, body, encoded, mandatory=True)
+        p.returned = False
+        self.channel.basic_publish(exchange, key, p.body, encoded, mandatory=True)
         self.seq = seq
-        self.pending[seq] = _Publish(tag, r, decision, props, body)
+        self.pending[seq] = p
 
-    def _shrink(
-        self, r: _Route, props: spec.BasicProperties, decision: Decision, seq: int
-    ) -> Decision:
+    def _shrink(self, p: _Publish, seq: int) -> Decision:
         """Headers too big for one frame: drop our optional text, else park with the fewest
-        router headers (reason ``oversized``)."""
-        props.headers = message.slim(decision.headers)
+        router headers (reason ``oversized``), else also drop the largest foreign headers."""
+        r, props, decision = p.route, p.props, p.decision
+        props.table = p.table.splice(message.slim(decision.headers))
         if message.fits(props, self.frame_max):
             self.log.warning("dropped router text headers to fit frame_max=%d", self.frame_max)
             return decision
@@ -392,17 +476,26 @@ class Router:
             decision.headers, r.route.name, decision.attempts, self.ctx.now_ms(), new_id()
         )
         minimal[h.PUBLISH_ID] = seq
-        props.headers = minimal
+        props.table = p.table.splice(minimal)
         self.log.warning(
             "headers of a dead letter from %s do not fit frame_max=%d; parking it as oversized",
             r.names.dlq,
             self.frame_max,
         )
+        if not message.fits(props, self.frame_max) and message.drop_to_fit(
+            props, p.table, minimal, self.frame_max
+        ):
+            self.log.warning(
+                "foreign headers of message_id=%s dropped to fit its park into one frame: %s",
+                props.message_id,
+                minimal[message.DROPPED_HEADERS],
+            )
         return Park(decision.attempts, "oversized", "headers exceed frame_max", minimal)
 
-    def _on_return(self, _ch: Any, method: Any, props: spec.BasicProperties, _body: bytes) -> None:
+    def _on_return(self, _ch: Any, method: Any, props: wire.Properties, _body: bytes) -> None:
         # basic.return arrives before the confirm of the same publish.
-        publish = self.pending.get((props.headers or {}).get(h.PUBLISH_ID, -1))
+        seq = wire.publish_id(props)
+        publish = None if seq is None else self.pending.get(seq)
         if publish is None:
             return
         publish.returned = True
@@ -438,14 +531,16 @@ class Router:
         r, decision = p.route, p.decision
         if not ack:
             r.failures["nack"].inc()
-            self._hold(r, p.tag, "nack")
+            self._hold(p, "nack")
             return
         if p.returned:
             if isinstance(decision, Retry):
                 self._park_unroutable(p)
             else:
-                self._hold(r, p.tag, "returned")
+                self._hold(p, "returned")
             return
+        if self.held:
+            self._release(p)
         if isinstance(decision, Retry):
             r.retries[decision.tier].inc()
             if self.debug:
@@ -458,7 +553,6 @@ class Router:
                 )
         else:
             r.parked[decision.reason].inc()
-            r.hold_streak = 0
             self.log.info(
                 "parked message_id=%s from %s: %s (%s)",
                 p.props.message_id,
@@ -479,7 +573,7 @@ class Router:
         detail = f"retry queue {lane!r} did not accept the message"
         headers = park_headers(base, "unroutable", detail, self.ctx.now_ms(), new_id())
         park = Park(p.decision.attempts, "unroutable", detail, headers)
-        self._publish(p.route, p.tag, p.props, p.body, park)
+        self._safe_publish(_Publish(p.tag, p.route, park, p.props, p.table, p.body, p.consumer))
 
     # ---- acks and holds --------------------------------------------------------------
 
@@ -496,7 +590,7 @@ class Router:
             self.budget.release(tag)
         if last:
             self.channel.basic_ack(last, multiple=True)
-        if d and d[next(iter(d))] == WAITING:
+        if d and (d[head := next(iter(d))] == WAITING or head in self.held):
             # multiple=True would also ack the held head: ack what is done individually.
             for tag in [t for t, state in d.items() if state == DONE]:
                 del d[tag]
@@ -504,16 +598,35 @@ class Router:
                 self.channel.basic_ack(tag)
         self._maybe_resume()
 
-    def _hold(self, r: _Route, tag: int, why: str) -> None:
-        """Keep a dead letter unacked and requeue it later; never drop, never spin."""
+    def _hold(self, p: _Publish, why: str) -> None:
+        """Keep a dead letter unacked and publish its park again later; never drop, never
+        spin, never let held ones fill the DLQ consumer's window (``_free_window``)."""
+        r, tag = p.route, p.tag
         self.deliveries[tag] = WAITING
-        delay = min(HOLD_FIRST * 2 ** min(r.hold_streak, 16), HOLD_MAX)
-        r.hold_streak += 1
-        self.connection.ioloop.call_later(
-            delay, functools.partial(self._requeue, self.generation, tag)
-        )
-        r.held_since_log += 1
         now = time.monotonic()
+        held = self.held.get(tag)
+        if held is None:
+            held = self.held[tag] = _Held(p, now)
+            r.held.inc()
+            if p.consumer == r.consumer_tag:
+                r.consumer_held += 1
+        held.publish = p
+        held.tries += 1
+        delay = min(HOLD_FIRST * 2 ** min(held.tries - 1, 16), HOLD_MAX)
+        self.connection.ioloop.call_later(
+            delay, functools.partial(self._retry_held, self.generation, tag)
+        )
+        if not held.reported and now - held.since >= self.ctx.hold_alert_after:
+            held.reported = True
+            r.held_too_long.inc()
+            self.log.error(
+                "message_id=%s from %s held for %.0fs (%s): its park is still not confirmed",
+                p.props.message_id,
+                r.names.dlq,
+                now - held.since,
+                why,
+            )
+        r.held_since_log += 1
         if now - r.last_hold_log >= HOLD_LOG_EVERY:
             self.log.warning(
                 "holding %d dead letter(s) of %s in the DLQ (%s); next retry in %.1fs",
@@ -524,15 +637,47 @@ class Router:
             )
             r.held_since_log = 0
             r.last_hold_log = now
+        self._free_window(r)
 
-    def _requeue(self, generation: int, tag: int) -> None:
+    def _free_window(self, r: _Route) -> None:
+        """Held dead letters keep their slots in the consumer's prefetch window; past half
+        of it, consume the route again: RabbitMQ counts a consumer's prefetch per consumer
+        tag, so a new consumer has a whole window while the held ones stay unacked on the
+        channel (cancelling does not requeue them)."""
+        if r.consumer_held * 2 < max(1, self.budget.window) or r.consumer_tag is None:
+            return
+        if self.draining or self.budget.paused or self.channel is None:
+            return
+        if len(self.held) >= MAX_HELD:
+            return  # the bound: retries behind wait until parks are confirmed again
+        self.channel.basic_cancel(r.consumer_tag)
+        self._start_consumer(r)
+
+    def _retry_held(self, generation: int, tag: int) -> None:
         if generation != self.generation or self.channel is None or not self.channel.is_open:
             return  # that channel is gone; the message is back in the DLQ already
-        if self.deliveries.pop(tag, None) is None:
+        held = self.held.get(tag)
+        if held is None or self.draining:
+            return  # draining: it stays unacked and returns to the DLQ on close
+        self.deliveries[tag] = IN_FLIGHT
+        self._safe_publish(held.publish)
+
+    def _release(self, p: _Publish) -> None:
+        """A held dead letter's park was confirmed."""
+        held = self.held.pop(p.tag, None)
+        if held is None:
             return
-        self.budget.release(tag)
-        self.channel.basic_nack(tag, multiple=False, requeue=True)
-        self._flush()
+        r = p.route
+        r.held.dec()
+        if p.consumer == r.consumer_tag:
+            r.consumer_held -= 1
+        if held.reported:
+            self.log.warning(
+                "message_id=%s from %s released after %.0fs held",
+                p.props.message_id,
+                r.names.dlq,
+                time.monotonic() - held.since,
+            )
 
     # ---- the byte budget (budget.py counts) -------------------------------------------
     #
@@ -544,9 +689,10 @@ class Router:
     # nothing.
 
     def _cancel_consumers(self) -> None:
-        for tag in self.consumer_tags:
-            self.channel.basic_cancel(tag)
-        self.consumer_tags = []
+        for r in self.routes:
+            if r.consumer_tag is not None:
+                self.channel.basic_cancel(r.consumer_tag)
+                r.consumer_tag = None
 
     def _consume(self, window: int) -> None:
         self.budget.consuming_with(window, time.monotonic())

@@ -1,0 +1,409 @@
+"""AMQP basic properties and header tables as bytes: the router's own reader and splicer.
+
+The router never decodes a whole header table. pika's codec recursed into every value and
+turned some into Python objects that cannot go back (a ``T`` timestamp past year 9999 or
+holding milliseconds raised inside the connection and dropped it; arrays nested thousands
+deep hit the recursion limit; a double ``d`` came back as an int). Instead:
+
+- ``Properties.parse`` splits a content header into its raw property fields;
+- ``scan`` walks one table level, entry by entry, skipping each value by its length prefix
+  (every variable-size AMQP field type carries one), so nothing is recursive and an entry
+  it cannot size ends the scan with the rest kept as one opaque blob;
+- only ``dlq-*`` values and the newest ``x-death`` entry are decoded (``read_value``, which
+  never decodes nested tables or arrays: they stay ``Raw`` bytes);
+- ``splice`` writes the table back: every foreign entry byte for byte, the router's entries
+  encoded (or copied, when the router left a ``dlq-*`` value as it came), RabbitMQ's death
+  headers cut out.
+
+Field types are RabbitMQ's (rabbit_binary_parser) plus pika's extras (``U``, ``L``).
+Nothing here raises on message content: truncated or unknown bytes are kept, not read.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+BASIC_CLASS = 60  # the basic class: the only content class
+
+# Basic properties in wire order: (name, flag bit, kind). Kinds: s shortstr, o octet,
+# q 64-bit timestamp, t table (the headers).
+FIELDS: tuple[tuple[str, int, str], ...] = (
+    ("content_type", 1 << 15, "s"),
+    ("content_encoding", 1 << 14, "s"),
+    ("headers", 1 << 13, "t"),
+    ("delivery_mode", 1 << 12, "o"),
+    ("priority", 1 << 11, "o"),
+    ("correlation_id", 1 << 10, "s"),
+    ("reply_to", 1 << 9, "s"),
+    ("expiration", 1 << 8, "s"),
+    ("message_id", 1 << 7, "s"),
+    ("timestamp", 1 << 6, "q"),
+    ("type", 1 << 5, "s"),
+    ("user_id", 1 << 4, "s"),
+    ("app_id", 1 << 3, "s"),
+    ("cluster_id", 1 << 2, "s"),
+)
+HEADERS = 2  # index of the headers table in FIELDS
+EXPIRATION = 7
+MESSAGE_ID = 8
+USER_ID = 11
+
+# Value sizes of the fixed-size field types; S x A F carry a 4-byte length instead.
+_FIXED = {
+    ord(k): n
+    for k, n in zip("tbBsuUIifdlLTDV", b"\1\1\1\2\2\2\4\4\4\x08\x08\x08\x08\5\0", strict=True)
+}
+_SIZED = frozenset(map(ord, "SxAF"))
+_INT = {
+    ord("b"): struct.Struct(">b"),
+    ord("B"): struct.Struct(">B"),
+    ord("s"): struct.Struct(">h"),
+    ord("U"): struct.Struct(">h"),
+    ord("u"): struct.Struct(">H"),
+    ord("I"): struct.Struct(">i"),
+    ord("i"): struct.Struct(">I"),
+    ord("l"): struct.Struct(">q"),
+    ord("L"): struct.Struct(">q"),
+    ord("T"): struct.Struct(">Q"),  # seconds, kept an int: never a datetime
+}
+_FLOAT = {ord("f"): struct.Struct(">f"), ord("d"): struct.Struct(">d")}
+_U32 = struct.Struct(">I")
+_DEATH_NAMES = frozenset(
+    n.encode()
+    for n in (
+        "x-death",
+        "x-first-death-reason",
+        "x-first-death-queue",
+        "x-first-death-exchange",
+        "x-last-death-reason",
+        "x-last-death-queue",
+        "x-last-death-exchange",
+    )
+)
+X_DEATH = b"x-death"
+X_FIRST_DEATH_REASON = b"x-first-death-reason"
+ROUTER_PREFIX = b"dlq-"
+
+
+class Raw:
+    """A table value kept as its wire bytes (type octet included): nested tables and arrays,
+    and anything the router does not read. Written back unchanged."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Raw) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        kind = chr(self.data[0]) if self.data else "?"
+        return f"<AMQP {kind!r} value, {len(self.data)} bytes>"
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+
+def value_end(buf: bytes, pos: int, end: int) -> int:
+    """Where the value starting at ``pos`` (its type octet) ends; -1 if it cannot be sized
+    or runs past ``end``."""
+    if pos >= end:
+        return -1
+    kind = buf[pos]
+    fixed = _FIXED.get(kind)
+    if fixed is not None:
+        stop = pos + 1 + fixed
+    elif kind in _SIZED and pos + 5 <= end:
+        stop = pos + 5 + _U32.unpack_from(buf, pos + 1)[0]
+    else:
+        return -1
+    return stop if stop <= end else -1
+
+
+def scan(buf: bytes, start: int, end: int) -> tuple[list[tuple[bytes, int, int, int]], int]:
+    """One table level: ``(name, entry start, value start, entry end)`` per entry, and where
+    readable entries stop (``end`` unless the rest could not be sized: it is then one
+    opaque tail, ``buf[stop:end]``)."""
+    entries: list[tuple[bytes, int, int, int]] = []
+    pos = start
+    while pos < end:
+        value = pos + 1 + buf[pos]
+        stop = value_end(buf, value, end)
+        if stop < 0:
+            return entries, pos
+        entries.append((buf[pos + 1 : value], pos, value, stop))
+        pos = stop
+    return entries, end
+
+
+def read_value(buf: bytes, pos: int, stop: int) -> Any:
+    """A scalar as Python (``S`` as str when it is UTF-8, else bytes; ``T`` as int seconds;
+    ``d``/``f`` as float; ``D`` as Decimal); ``F``, ``A`` and the unknown as ``Raw``."""
+    kind = buf[pos]
+    if kind == 83:  # S
+        data = buf[pos + 5 : stop]
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return data
+    reader = _INT.get(kind)
+    if reader is not None:
+        return reader.unpack_from(buf, pos + 1)[0]
+    if kind == 116:  # t
+        return buf[pos + 1] != 0
+    reader = _FLOAT.get(kind)
+    if reader is not None:
+        return reader.unpack_from(buf, pos + 1)[0]
+    if kind == 86:  # V
+        return None
+    if kind == 120:  # x
+        return buf[pos + 5 : stop]
+    if kind == 68:  # D: scale octet, signed 32-bit value
+        return Decimal(struct.unpack_from(">i", buf, pos + 2)[0]).scaleb(-buf[pos + 1])
+    return Raw(buf[pos:stop])
+
+
+def text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return None
+
+
+def newest_death(buf: bytes, pos: int, stop: int) -> dict[str, Any]:
+    """Fields of the first (newest) table of an ``x-death`` array; {} if it is not one."""
+    if buf[pos] != 65 or stop - pos < 10 or buf[pos + 5] != 70:  # A, then F
+        return {}
+    first_end = value_end(buf, pos + 5, stop)
+    if first_end < 0:
+        return {}
+    out: dict[str, Any] = {}
+    entries, _ = scan(buf, pos + 10, first_end)
+    for name, _start, value, end in entries:
+        if name == b"routing-keys":
+            if buf[value] == 65 and end - value > 5:  # the first key of the array
+                key_end = value_end(buf, value + 5, end)
+                if key_end > 0:
+                    out["routing-keys"] = text(read_value(buf, value + 5, key_end))
+        elif name in (b"exchange", b"queue", b"reason", b"original-expiration"):
+            out[name.decode()] = text(read_value(buf, value, end))
+    return out
+
+
+class Properties:
+    """One content header's basic properties as raw fields, headers read as described above.
+
+    ``fields[i]`` is the encoded field ``FIELDS[i]`` (shortstr with its length octet) or
+    None; the headers table is ``table`` (without its length) and not in ``fields``.
+    Mutable: the router drops ``expiration``/``user_id`` and replaces the table.
+    """
+
+    INDEX = BASIC_CLASS  # what pika reads from the properties it publishes
+    __slots__ = ("fields", "flag_tail", "table", "unreadable")
+
+    def __init__(
+        self, fields: list[bytes | None], table: bytes | None, flag_tail: bytes = b""
+    ) -> None:
+        self.fields = fields
+        self.table = table
+        self.flag_tail = flag_tail  # continuation flag words, kept as they came
+        self.unreadable: bytes | None = None  # the property list, when it could not be split
+
+    @classmethod
+    def parse_or_keep(cls, buf: bytes, pos: int, end: int) -> Properties:
+        """``parse``, or (on bytes that do not split into fields) empty properties that
+        keep the whole property list in ``unreadable``: reading never raises."""
+        try:
+            return cls.parse(buf, pos, end)
+        except (IndexError, ValueError, struct.error):
+            props = cls([None] * len(FIELDS), None)
+            props.unreadable = buf[pos:end]
+            return props
+
+    @classmethod
+    def parse(cls, buf: bytes, pos: int, end: int) -> Properties:
+        """The property list in ``buf[pos:end]`` (after class, weight and body size).
+        Raises ValueError when the fields overrun ``end`` (RabbitMQ never sends that)."""
+        flags = (buf[pos] << 8) | buf[pos + 1]
+        pos += 2
+        tail_start = pos
+        word = flags
+        while word & 1:  # flag continuation (none defined for basic; kept verbatim)
+            word = (buf[pos] << 8) | buf[pos + 1]
+            pos += 2
+        flag_tail = buf[tail_start:pos]
+        fields: list[bytes | None] = [None] * len(FIELDS)
+        table = None
+        for i, (_name, bit, kind) in enumerate(FIELDS):
+            if not flags & bit:
+                continue
+            if kind == "s":
+                stop = pos + 1 + buf[pos]
+            elif kind == "o":
+                stop = pos + 1
+            elif kind == "q":
+                stop = pos + 8
+            else:
+                length = _U32.unpack_from(buf, pos)[0]
+                stop = pos + 4 + length
+                if stop > end:
+                    raise ValueError("header table runs past the content header")
+                table = buf[pos + 4 : stop]
+                pos = stop
+                continue
+            if stop > end:
+                raise ValueError(f"property {_name} runs past the content header")
+            fields[i] = buf[pos:stop]
+            pos = stop
+        return cls(fields, table, flag_tail)
+
+    def copy(self) -> Properties:
+        return Properties(list(self.fields), self.table, self.flag_tail)
+
+    def short(self, index: int) -> str | None:
+        raw = self.fields[index]
+        return None if raw is None else raw[1:].decode("utf-8", "replace")
+
+    @property
+    def message_id(self) -> str | None:
+        return self.short(MESSAGE_ID)
+
+    def encode(self) -> list[bytes]:
+        """The property list (pika's ``Header.marshal`` prefixes class, weight and size)."""
+        flags = 1 if self.flag_tail else 0
+        pieces: list[bytes] = [b"", self.flag_tail]
+        for i, (_name, bit, _kind) in enumerate(FIELDS):
+            if i == HEADERS:
+                if self.table is not None:
+                    flags |= bit
+                    pieces.append(_U32.pack(len(self.table)))
+                    pieces.append(self.table)
+                continue
+            raw = self.fields[i]
+            if raw is not None:
+                flags |= bit
+                pieces.append(raw)
+        pieces[0] = flags.to_bytes(2, "big")
+        return [b"".join(pieces)]
+
+
+# ---- writing ---------------------------------------------------------------------------
+
+
+def encode_value(value: Any) -> bytes:
+    """A router value on the wire. Never raises: what has no AMQP type goes as text."""
+    if isinstance(value, Raw):
+        return value.data
+    if isinstance(value, str):
+        data = value.encode("utf-8", "replace")
+        return b"S" + _U32.pack(len(data)) + data
+    if isinstance(value, bool):
+        return b"t\x01" if value else b"t\x00"
+    if isinstance(value, int):
+        if -(2**31) <= value < 2**31:
+            return b"I" + value.to_bytes(4, "big", signed=True)
+        if -(2**63) <= value < 2**63:
+            return b"l" + value.to_bytes(8, "big", signed=True)
+        return encode_value(str(value))
+    if isinstance(value, float):
+        return b"d" + struct.pack(">d", value)
+    if value is None:
+        return b"V"
+    if isinstance(value, bytes | bytearray):
+        return b"S" + _U32.pack(len(value)) + bytes(value)
+    return encode_value(str(value))
+
+
+def encode_entry(name: str, value: Any) -> bytes:
+    key = name.encode("utf-8", "replace")[:255]
+    return bytes((len(key),)) + key + encode_value(value)
+
+
+class Table:
+    """A header table split for the router: foreign entries (bytes), ``dlq-*`` values
+    (decoded, with their wire bytes), the newest death record."""
+
+    __slots__ = ("death", "first_death_reason", "foreign", "ours", "ours_raw", "tail")
+
+    def __init__(self, table: bytes | None) -> None:
+        self.foreign: list[bytes] = []  # whole entries, in order
+        self.ours: dict[str, Any] = {}  # dlq-* name -> value
+        self.ours_raw: dict[str, bytes] = {}  # dlq-* name -> whole entry as it came
+        self.death: dict[str, Any] = {}
+        self.first_death_reason: str | None = None
+        self.tail = b""  # bytes past the last entry that could be sized (kept last)
+        if not table:
+            return
+        entries, stop = scan(table, 0, len(table))
+        self.tail = table[stop:]
+        foreign = self.foreign
+        run_start = run_end = 0  # a run of adjacent foreign entries is copied as one slice
+        for name, start, value, end in entries:
+            if name[:4] == ROUTER_PREFIX:
+                key = name.decode("utf-8", "replace")
+                self.ours[key] = read_value(table, value, end)
+                self.ours_raw[key] = table[start:end]
+            elif name in _DEATH_NAMES:
+                if name == X_DEATH:
+                    self.death = newest_death(table, value, end)
+                elif name == X_FIRST_DEATH_REASON:
+                    self.first_death_reason = text(read_value(table, value, end))
+            else:
+                if start != run_end:
+                    if run_end > run_start:
+                        foreign.append(table[run_start:run_end])
+                    run_start = start
+                run_end = end
+                continue
+        if run_end > run_start:
+            foreign.append(table[run_start:run_end])
+
+    def splice(self, headers: Mapping[str, Any], foreign: list[bytes] | None = None) -> bytes:
+        """The table to publish: foreign entries byte for byte, then ``headers`` (values the
+        router left as they came are copied, the others encoded), then any opaque tail."""
+        ours, raw = self.ours, self.ours_raw
+        pieces = list(self.foreign if foreign is None else foreign)
+        for name, value in headers.items():
+            if name in ours and ours[name] is value:
+                pieces.append(raw[name])
+            else:
+                pieces.append(encode_entry(name, value))
+        pieces.append(self.tail)
+        return b"".join(pieces)
+
+    def foreign_entries(self) -> list[tuple[bytes, int]]:
+        """Each foreign entry's name and size (for choosing what to drop when too big)."""
+        out: list[tuple[bytes, int]] = []
+        for run in self.foreign:
+            entries, _ = scan(run, 0, len(run))
+            out.extend((name, e - s) for name, s, _v, e in entries)
+        return out
+
+    def without(self, names: set[bytes]) -> list[bytes]:
+        """Foreign entries minus those named ``names``."""
+        kept: list[bytes] = []
+        for run in self.foreign:
+            entries, _ = scan(run, 0, len(run))
+            kept.extend(run[s:e] for name, s, _v, e in entries if name not in names)
+        return kept
+
+
+def publish_id(props: Properties) -> int | None:
+    """The router's ``dlq-publish-id`` of a returned message."""
+    table = props.table
+    if not table:
+        return None
+    entries, _ = scan(table, 0, len(table))
+    for name, _start, value, end in entries:
+        if name == b"dlq-publish-id":
+            found = read_value(table, value, end)
+            return found if isinstance(found, int) and not isinstance(found, bool) else None
+    return None
