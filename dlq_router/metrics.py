@@ -34,8 +34,7 @@ class Metrics:
         )
         self.held = Gauge(
             "dlq_router_held",
-            "Dead letters held unacked because their park (or retry) was not confirmed "
-            "(RabbitMQ)",
+            "Dead letters held unacked because their park (or retry) was not confirmed (RabbitMQ)",
             ["route"],
             registry=r,
         )

@@ -59,7 +59,7 @@ class RouterContext:
     max_in_flight_bytes: int | None = None
     shutdown_timeout: float = 10.0
     # A dead letter held (its park not confirmed) this long is reported: metric + warning.
-    hold_alert_after: float = 300.0
+    hold_alert_after: float = 60.0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

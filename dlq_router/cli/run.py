@@ -88,11 +88,11 @@ def run(
         float,
         typer.Option(
             min=0,
-            help="Seconds a dead letter may stay held (its park not confirmed, e.g. a full "
-            "parking queue) before it is reported: a warning with its id and "
-            "dlq_router_held_too_long_total.",
+            help="RabbitMQ: seconds a dead letter may stay held (its park not confirmed, e.g. "
+            "a full parking queue) before it is reported, and again every so often: an error "
+            "line with its id and dlq_router_held_too_long_total.",
         ),
-    ] = 300.0,
+    ] = 60.0,
     log_format: Annotated[
         logs.LogFormat, typer.Option(help="text (readable) or json (one object per line).")
     ] = "text",

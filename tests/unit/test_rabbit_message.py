@@ -5,7 +5,7 @@ from __future__ import annotations
 import pika
 
 from dlq_router import headers as h
-from dlq_router.backends.rabbitmq import message
+from dlq_router.backends.rabbitmq import message, wire
 
 X_DEATH = [
     {
@@ -20,8 +20,18 @@ X_DEATH = [
 ]
 
 
+def raw(props: pika.BasicProperties) -> wire.Properties:
+    """Properties as the router receives them: raw, from the bytes pika would send."""
+    data = b"".join(props.encode())
+    return wire.Properties.parse(data, 0, len(data))
+
+
+def table(headers: dict[str, object]) -> wire.Table:
+    return wire.Table(raw(pika.BasicProperties(headers=headers)).table)
+
+
 def test_failure_reads_the_newest_x_death_entry() -> None:
-    f = message.failure({"x-death": X_DEATH})
+    f = message.failure(table({"x-death": X_DEATH}))
     assert (f.origin_exchange, f.origin_routing_key, f.origin_queue, f.death_reason) == (
         "emails",
         "emails.high",
@@ -31,30 +41,38 @@ def test_failure_reads_the_newest_x_death_entry() -> None:
 
 
 def test_failure_without_x_death_has_no_origin() -> None:
-    f = message.failure({"x-death": "garbage", "x-first-death-reason": "maxlen"})
+    f = message.failure(table({"x-death": "garbage", "x-first-death-reason": "maxlen"}))
     assert f.origin_exchange is None and f.death_reason == "maxlen"
-    assert message.failure({}).origin_exchange is None
+    assert message.failure(table({})).origin_exchange is None
+
+
+def test_failure_gives_the_policy_only_router_headers() -> None:
+    f = message.failure(table({"task": "t", h.ATTEMPTS: 2, "x-death": X_DEATH}))
+    assert dict(f.headers) == {h.ATTEMPTS: 2}
+
+
+def carried(props: pika.BasicProperties) -> tuple[pika.BasicProperties, dict[str, object]]:
+    """carry_over on raw properties; what pika decodes from the result, and ``out``."""
+    w = raw(props)
+    out: dict[str, object] = {}
+    message.carry_over(w, wire.Table(w.table), out, "guest")
+    decoded = pika.BasicProperties()
+    decoded.decode(b"".join(w.encode()))
+    return decoded, out
 
 
 def test_expiration_moves_into_a_header() -> None:
-    props = pika.BasicProperties(expiration="60000", headers={})
-    out: dict[str, object] = {}
-    message.carry_over(props, out, "guest")
+    props, out = carried(pika.BasicProperties(expiration="60000", headers={}))
     assert props.expiration is None and out[h.ORIGINAL_EXPIRATION] == "60000"
-    props = pika.BasicProperties(headers={"x-death": X_DEATH})
-    out = {}
-    message.carry_over(props, out, "guest")
+    _, out = carried(pika.BasicProperties(headers={"x-death": X_DEATH}))
     assert out[h.ORIGINAL_EXPIRATION] == "5000"
 
 
 def test_foreign_user_id_moves_into_a_header_own_is_kept() -> None:
-    props = pika.BasicProperties(user_id="alice")
-    out: dict[str, object] = {}
-    message.carry_over(props, out, "guest")
+    props, out = carried(pika.BasicProperties(user_id="alice", message_id="m"))
     assert props.user_id is None and out[h.ORIGINAL_USER_ID] == "alice"
-    props = pika.BasicProperties(user_id="guest")
-    out = {}
-    message.carry_over(props, out, "guest")
+    assert props.message_id == "m"
+    props, out = carried(pika.BasicProperties(user_id="guest"))
     assert props.user_id == "guest" and out == {}
 
 
@@ -82,3 +100,15 @@ def test_minimal_park_keeps_foreign_headers_and_the_reason() -> None:
         h.PARKED_AT: 1000,
         h.ID: "id-9",
     }
+
+
+def test_drop_to_fit_cuts_the_largest_foreign_headers_and_names_them() -> None:
+    w = raw(pika.BasicProperties(headers={"small": "s", "big": "b" * 3000, "mid": "m" * 900}))
+    t = wire.Table(w.table)
+    headers: dict[str, object] = {h.PARK_REASON: "oversized"}
+    assert message.drop_to_fit(w, t, headers, 1500)
+    decoded = pika.BasicProperties()
+    decoded.decode(b"".join(w.encode()))
+    assert decoded.headers["small"] == "s" and decoded.headers["mid"] == "m" * 900
+    assert "big" not in decoded.headers
+    assert decoded.headers[message.DROPPED_HEADERS] == "big (3009 bytes)"

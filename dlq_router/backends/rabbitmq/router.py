@@ -52,8 +52,9 @@ from dlq_router.topology import Route, Topology
 
 TICK = 0.2  # how often the ioloop looks at the stop flags
 HOLD_FIRST, HOLD_MAX = 0.5, 30.0  # delay before a held park is published again, doubling
-# Dead letters held at once, all routes. Each re-consume frees a window for the retries
-# behind them; past this the router stops doing so (bodies also count in the byte budget).
+# Dead letters held in memory at once (all routes), and at most half the byte budget of
+# bodies. Past either, a held dead letter is requeued to the DLQ after its delay instead
+# (it comes back at the head: past these bounds, retries behind held parks wait).
 MAX_HELD = 10_000
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
 CLOSE_TIMEOUT = 5.0  # how long a clean close may take before the socket is just dropped
@@ -77,6 +78,7 @@ class _Route:
     route: Route
     names: RabbitNames
     metrics: Any = field(repr=False)
+    hold_streak: int = 0  # requeued holds (past the in-memory bounds) in a row
     held_since_log: int = 0
     last_hold_log: float = 0.0
     consumer_tag: str | None = None
@@ -119,7 +121,7 @@ class _Held:
     publish: _Publish
     since: float
     tries: int = 0
-    reported: bool = False
+    reported_at: float = 0.0  # last "held too long" report (0: none yet)
 
 
 def preflight(topology: Topology, client_name: str) -> None:
@@ -190,6 +192,7 @@ class Router:
         self.ctx.metrics.paused.set(0)
         self.seq = 0
         self.held: dict[int, _Held] = {}  # DLQ delivery tag -> held dead letter
+        self.held_bytes = 0
         for r in self.routes:
             r.consumer_tag = None
             r.consumer_held = 0
@@ -606,6 +609,11 @@ class Router:
         now = time.monotonic()
         held = self.held.get(tag)
         if held is None:
+            size = self.budget.sizes.get(tag, 0)
+            if len(self.held) >= MAX_HELD or self.held_bytes + size > self.budget.max_bytes // 2:
+                self._hold_in_dlq(r, tag, why)
+                return
+            self.held_bytes += size
             held = self.held[tag] = _Held(p, now)
             r.held.inc()
             if p.consumer == r.consumer_tag:
@@ -616,11 +624,13 @@ class Router:
         self.connection.ioloop.call_later(
             delay, functools.partial(self._retry_held, self.generation, tag)
         )
-        if not held.reported and now - held.since >= self.ctx.hold_alert_after:
-            held.reported = True
+        limit = self.ctx.hold_alert_after
+        if now - held.since >= limit and now - held.reported_at >= limit:
+            held.reported_at = now  # reported again every ``limit`` while it stays held
             r.held_too_long.inc()
             self.log.error(
-                "message_id=%s from %s held for %.0fs (%s): its park is still not confirmed",
+                "message_id=%s from %s held for %.0fs (%s): its park is still not confirmed; "
+                "it stays unacked and is tried again, never dropped",
                 p.props.message_id,
                 r.names.dlq,
                 now - held.since,
@@ -638,6 +648,37 @@ class Router:
             r.held_since_log = 0
             r.last_hold_log = now
         self._free_window(r)
+
+    def _hold_in_dlq(self, r: _Route, tag: int, why: str) -> None:
+        """Past the in-memory bounds: requeue the dead letter after a growing delay."""
+        delay = min(HOLD_FIRST * 2 ** min(r.hold_streak, 16), HOLD_MAX)
+        r.hold_streak += 1
+        self.connection.ioloop.call_later(
+            delay, functools.partial(self._requeue, self.generation, tag)
+        )
+        now = time.monotonic()
+        r.held_since_log += 1
+        if now - r.last_hold_log >= HOLD_LOG_EVERY:
+            self.log.warning(
+                "holding %d dead letter(s) of %s in the DLQ (%s, %d held in memory); "
+                "requeued in %.1fs",
+                r.held_since_log,
+                r.names.dlq,
+                why,
+                len(self.held),
+                delay,
+            )
+            r.held_since_log = 0
+            r.last_hold_log = now
+
+    def _requeue(self, generation: int, tag: int) -> None:
+        if generation != self.generation or self.channel is None or not self.channel.is_open:
+            return  # that channel is gone; the message is back in the DLQ already
+        if self.deliveries.pop(tag, None) is None:
+            return
+        self.budget.release(tag)
+        self.channel.basic_nack(tag, multiple=False, requeue=True)
+        self._flush()
 
     def _free_window(self, r: _Route) -> None:
         """Held dead letters keep their slots in the consumer's prefetch window; past half
@@ -669,9 +710,11 @@ class Router:
             return
         r = p.route
         r.held.dec()
+        r.hold_streak = 0
+        self.held_bytes -= self.budget.sizes.get(p.tag, 0)
         if p.consumer == r.consumer_tag:
             r.consumer_held -= 1
-        if held.reported:
+        if held.reported_at:
             self.log.warning(
                 "message_id=%s from %s released after %.0fs held",
                 p.props.message_id,

@@ -53,8 +53,9 @@ USER_ID = 11
 
 # Value sizes of the fixed-size field types; S x A F carry a 4-byte length instead.
 _FIXED = {
-    ord(k): n
-    for k, n in zip("tbBsuUIifdlLTDV", b"\1\1\1\2\2\2\4\4\4\x08\x08\x08\x08\5\0", strict=True)
+    ord(kind): size
+    for kinds, size in (("V", 0), ("tbB", 1), ("suU", 2), ("Iif", 4), ("D", 5), ("dlLT", 8))
+    for kind in kinds
 }
 _SIZED = frozenset(map(ord, "SxAF"))
 _INT = {
