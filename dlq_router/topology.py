@@ -16,11 +16,13 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dlq_router import endpoints
 from dlq_router.durations import parse_duration_ms
 from dlq_router.errors import TopologyError
 from dlq_router.urls import broker_kind
@@ -146,15 +148,44 @@ class Route(_Model):
         return self.retry.max_attempts
 
 
+class Tls(_Model):
+    """TLS files for ``amqps://`` and ``rediss://``; paths are relative to the working dir."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
 class Topology(_Model):
-    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # hosts and tls come first: url's validator merges them into the URL as options.
+    hosts: list[str] = Field(default_factory=list)
+    tls: Tls = Field(default_factory=Tls)
+    # validate_default: the default URL gets hosts: and tls: merged in as well
+    url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/%2F", validate_default=True)
     prefix: str = ""
     routes: list[Route] = Field(min_length=1)
 
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            endpoints.parse_host(host)
+        return hosts
+
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        """Check the scheme, merge ``hosts:`` and ``tls:`` in as URL options (the URL's own
+        options win), and check the options: every backend reads them from the URL."""
         broker_kind(value)
+        options: dict[str, str] = {}
+        if info.data.get("hosts"):
+            options["hosts"] = ",".join(info.data["hosts"])
+        tls = info.data.get("tls")
+        if isinstance(tls, Tls):
+            options.update(tls.model_dump(exclude_none=True))
+        value = endpoints.with_options(value, options)
+        endpoints.check_files(endpoints.parse(value))
         return value
 
     @field_validator("prefix")

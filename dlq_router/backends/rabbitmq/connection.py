@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+import ssl
 
 import pika
 import pika.exceptions as pe
 
+from dlq_router import endpoints
 from dlq_router.errors import BrokerUnavailable
 from dlq_router.urls import redact_text, redact_url
 
@@ -21,16 +23,40 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def tls_context(ends: endpoints.Endpoints) -> ssl.SSLContext:
+    """Verify the server against ``ca_file`` (else the system CAs); present ``cert_file``."""
+    context = ssl.create_default_context(cafile=ends.ca_file)
+    if ends.cert_file:
+        context.load_cert_chain(ends.cert_file, ends.key_file)
+    return context
+
+
+def parameters_list(
+    url: str, *, heartbeat: int = 30, client_name: str = "dlq-router"
+) -> list[pika.URLParameters]:
+    """One set of parameters per host of the URL (``?hosts=``), in the order to try them."""
+    ends = endpoints.parse(url)
+    context = tls_context(ends) if url.lower().startswith("amqps") else None
+    out = []
+    for one in ends.urls:
+        params = pika.URLParameters(one)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = 60
+        params.connection_attempts = 1
+        params.socket_timeout = 5
+        params.client_properties = {"connection_name": client_name}
+        if context is not None:
+            # pika's own default has no server_hostname, so the name was never checked
+            params.ssl_options = pika.SSLOptions(context, server_hostname=params.host)
+        out.append(params)
+    return out
+
+
 def parameters(
     url: str, *, heartbeat: int = 30, client_name: str = "dlq-router"
 ) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 60
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.client_properties = {"connection_name": client_name}
-    return params
+    """The parameters of the URL's first host."""
+    return parameters_list(url, heartbeat=heartbeat, client_name=client_name)[0]
 
 
 def describe(exc: BaseException, url: str) -> str:
@@ -62,9 +88,10 @@ def describe(exc: BaseException, url: str) -> str:
 
 
 def connect(url: str, *, client_name: str = "dlq-router") -> pika.BlockingConnection:
-    """A blocking connection, or ``BrokerUnavailable`` with a one-line, redacted reason."""
+    """A blocking connection to the first host that answers, or ``BrokerUnavailable`` with a
+    one-line, redacted reason."""
     try:
-        return pika.BlockingConnection(parameters(url, client_name=client_name))
+        return pika.BlockingConnection(parameters_list(url, client_name=client_name))
     except (pe.AMQPError, OSError) as exc:
         raise BrokerUnavailable(describe(exc, url)) from exc
 

@@ -42,7 +42,7 @@ from dlq_router.backends.base import RouterContext
 from dlq_router.backends.rabbitmq import message, rawframes, wire
 from dlq_router.backends.rabbitmq.budget import ByteBudget
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
-from dlq_router.backends.rabbitmq.connection import connect, describe, parameters
+from dlq_router.backends.rabbitmq.connection import connect, describe, parameters_list
 from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerUnavailable, UsageError
 from dlq_router.ids import new_id
@@ -172,7 +172,9 @@ class Router:
         self.log = ctx.log
         self.url = topology.url
         self.debug = self.log.isEnabledFor(logging.DEBUG)  # per-message lines only then
-        self.params = parameters(topology.url, client_name=client_name)
+        # Several hosts (``?hosts=``): each reconnect tries the next one (cluster failover).
+        self.params_list = parameters_list(topology.url, client_name=client_name)
+        self.params = self.params_list[0]
         self.user = self.params.credentials.username
         self.routes = [_Route(r, rabbit_names(topology, r), ctx.metrics) for r in topology.routes]
         self.budget = ByteBudget(
@@ -212,6 +214,7 @@ class Router:
         while not self.ctx.stop.is_set():
             self.generation += 1
             self._reset()
+            self.params = self.params_list[(self.generation - 1) % len(self.params_list)]
             self.connection = pika.SelectConnection(
                 self.params,
                 on_open_callback=self._on_open,
@@ -230,7 +233,8 @@ class Router:
                 break
             if self.consuming and time.monotonic() - self.consuming_since > HEALTHY_AFTER:
                 delay = RECONNECT_FIRST  # it worked for a while: start the backoff over
-            self.log.warning("reconnecting to %s in %.1fs", self.params.host, delay)
+            upcoming = self.params_list[self.generation % len(self.params_list)]
+            self.log.warning("reconnecting to %s:%s in %.1fs", upcoming.host, upcoming.port, delay)
             self.ctx.metrics.reconnects.inc()
             if self.ctx.stop.wait(delay):
                 break

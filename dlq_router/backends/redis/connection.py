@@ -14,6 +14,7 @@ import redis
 import redis.exceptions as rex
 from redis.cluster import RedisCluster
 
+from dlq_router import endpoints
 from dlq_router.errors import BrokerUnavailable
 from dlq_router.urls import redact_text, redact_url
 
@@ -43,11 +44,24 @@ def connect(url: str, *, client_name: str = "dlq-router") -> RedisClient:
     """A connected client, or ``BrokerUnavailable`` with a one-line, redacted reason."""
     try:
         client: RedisClient
-        if "+cluster" in url.split("://", 1)[0]:
-            plain = url.replace("+cluster", "", 1)
-            client = RedisCluster.from_url(plain, client_name=client_name)
+        ends = endpoints.parse(url)
+        base = ends.urls[0]  # the URL without our options (redis-py refuses unknown ones)
+        tls = {
+            name: value
+            for name, value in (
+                ("ssl_ca_certs", ends.ca_file),
+                ("ssl_certfile", ends.cert_file),
+                ("ssl_keyfile", ends.key_file),
+            )
+            if value
+        }
+        if "+cluster" in base.split("://", 1)[0]:
+            plain = base.replace("+cluster", "", 1)
+            client = RedisCluster.from_url(plain, client_name=client_name, **tls)
         else:
-            client = redis.Redis.from_url(url, client_name=client_name, health_check_interval=30)
+            client = redis.Redis.from_url(
+                base, client_name=client_name, health_check_interval=30, **tls
+            )
         client.ping()
     except (rex.RedisError, OSError) as exc:
         raise BrokerUnavailable(describe(exc, url)) from exc
