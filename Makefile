@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install brokers lint test bench demo clean
+.PHONY: install brokers browser lint test bench demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,12 +15,22 @@ install: $(VENV)/.installed
 brokers:
 	bash .ci/brokers.sh
 
+# Headless Chromium and its driver from Debian, for tests/browser (console). Idempotent: only
+# runs apt-get when a binary is missing (root, as in CI; otherwise via sudo).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver; \
+	fi
+
 lint: install
 	$(VENV)/bin/ruff check dlq_router tests
 	$(VENV)/bin/ruff format --check dlq_router tests
 	$(VENV)/bin/mypy
 
-test: install brokers lint
+test: install brokers browser lint
 	$(VENV)/bin/pytest -q
 
 # The pauses let RabbitMQ clean up the previous script's queues before the next one measures.

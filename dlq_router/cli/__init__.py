@@ -7,6 +7,7 @@ import sys
 import typer
 
 from dlq_router import __version__
+from dlq_router.cli import console as _console
 from dlq_router.cli import declare as _declare
 from dlq_router.cli import demo as _demo
 from dlq_router.cli import parked, replay
@@ -43,6 +44,7 @@ app.add_typer(parked.app, name="parked")
 app.command("replay")(replay.replay)
 app.command("demo")(_demo.demo)
 app.command("status")(_status.status)
+app.command("console")(_console.console)
 
 
 def main() -> None:

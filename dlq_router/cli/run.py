@@ -18,6 +18,8 @@ from dlq_router.metrics import Metrics, serve
 from dlq_router.topology import Topology
 from dlq_router.urls import redact_url
 
+PROBES_PORT = 9108
+
 
 def select_routes(topology: Topology, names: list[str]) -> Topology:
     """The topology restricted to ``names`` (all routes when empty)."""
@@ -78,9 +80,22 @@ def run(
         int | None,
         typer.Option(help="Serve /metrics, /healthz, /readyz on this port (0: any free port)."),
     ] = None,
-    metrics_host: Annotated[str, typer.Option(help="Address the metrics server binds.")] = (
-        "127.0.0.1"
-    ),
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the metrics server binds. Default: 127.0.0.1 (0.0.0.0 with --probes).",
+            show_default=False,
+        ),
+    ] = None,
+    probes: Annotated[
+        bool,
+        typer.Option(
+            "--probes",
+            envvar="DLQ_ROUTER_PROBES",
+            help=f"Kubernetes probes: serve /healthz, /readyz and /metrics on 0.0.0.0:"
+            f"{PROBES_PORT} (or --metrics-port / --metrics-host) so the kubelet can reach them.",
+        ),
+    ] = False,
     shutdown_timeout: Annotated[
         float, typer.Option(min=0, help="Seconds to wait for outstanding confirms on stop.")
     ] = 10.0,
@@ -115,6 +130,10 @@ def run(
             hold_alert_after=hold_alert_after,
         )
         server = None
+        if probes and metrics_port is None:
+            metrics_port = PROBES_PORT
+        if metrics_host is None:
+            metrics_host = "0.0.0.0" if probes else "127.0.0.1"  # the kubelet uses the pod IP
         if metrics_port is not None:
             try:
                 server = serve(ctx.metrics, metrics_port, metrics_host)
