@@ -13,7 +13,8 @@ original as ``__cause__``); the CLI catches ``DlqRouterError`` once and prints o
     ├── NotFound                    exit 4  an id or object that does not exist
     └── PartialFailure              exit 5  a bulk operation where some items failed
 
-Interrupted commands exit 130 (caught in ``cli.common.cli_errors``).
+Interrupted commands exit 130, a closed stdout (``| head``) 141, quietly (both caught in
+``cli.common.cli_errors``).
 """
 
 from __future__ import annotations

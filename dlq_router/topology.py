@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from dlq_router import endpoints
 from dlq_router.durations import parse_duration_ms
 from dlq_router.errors import TopologyError
-from dlq_router.urls import broker_kind
+from dlq_router.urls import broker_kind, normalize_url, url_port_problem
 
 # RabbitMQ stores x-message-ttl as an unsigned 32-bit number of milliseconds (~49.7 days).
 RABBITMQ_MAX_TTL_MS = 2**32 - 1
@@ -178,6 +178,12 @@ class Topology(_Model):
         """Check the scheme, merge ``hosts:`` and ``tls:`` in as URL options (the URL's own
         options win), and check the options: every backend reads them from the URL."""
         broker_kind(value)
+        problem = url_port_problem(value)
+        if problem:
+            raise ValueError(problem)
+        # A password typed with a bare @ / : or % is encoded here, so the clients (which
+        # split URLs with urllib) see the host the operator meant and never a password piece.
+        value = normalize_url(value)
         options: dict[str, str] = {}
         if info.data.get("hosts"):
             options["hosts"] = ",".join(info.data["hosts"])

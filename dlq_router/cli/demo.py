@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dlq_router.cli.common import UrlOpt, cli_errors
+from dlq_router.cli.common import UrlOpt, checked_url, cli_errors
 from dlq_router.errors import UsageError
 from dlq_router.urls import broker_kind, redact_url
 
@@ -22,7 +22,7 @@ def demo(url: UrlOpt = None) -> None:
     """Declare a demo route (tiers 1s, 2s; 3 attempts), publish five messages, let a toy
     worker fail some of them, run the router, print what happened, then delete it all."""
     with cli_errors():
-        url = url or os.environ.get("DLQ_ROUTER_URL") or DEFAULT_URL
+        url = checked_url(url or os.environ.get("DLQ_ROUTER_URL") or DEFAULT_URL)
         if broker_kind(url) != "rabbitmq":
             raise UsageError("the demo runs on RabbitMQ (amqp:// URL)")
         from dlq_router.backends.rabbitmq.demo import PLAN, run_demo

@@ -6,7 +6,6 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
@@ -121,7 +120,7 @@ def run(
     """
     with cli_errors():
         topo = select_routes(load(topology, url), route or [])
-        logs.configure(log_format, log_level, secrets=[urlsplit(topo.url).password or ""])
+        logs.configure(log_format, log_level)
         ctx = RouterContext(
             metrics=Metrics(),
             prefetch=prefetch,
