@@ -121,6 +121,7 @@ def every_command(
     go("parked import", "parked", "import", "-t", path, "--url", url, export)
     go("replay --dry-run", "replay", "-t", path, "--url", url, "--all", "--dry-run")
     go("replay", "replay", "-t", path, "--url", url, "--all")
+    go("status", "status", "-t", path, "--url", url, "--json")
     code, text = run_router(path, url, "--log-level", "debug", "--log-format", "json")
     out.append(("run", code, text))
     return out
