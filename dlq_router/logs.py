@@ -104,5 +104,4 @@ def configure(
 def configure_default() -> None:
     """For one-shot commands: our warnings, redacted, as text. The clients' own error records
     are left out: the command reports their failure itself, in one line."""
-    if not any(isinstance(h, _Stderr) for h in logging.getLogger().handlers):
-        configure("text", "WARNING", libraries=logging.CRITICAL)
+    configure("text", "WARNING", libraries=logging.CRITICAL)
