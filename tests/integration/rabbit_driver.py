@@ -170,4 +170,6 @@ def consumer_prefetch(queue: str) -> list[int]:
         text=True,
         timeout=60,
     ).stdout
-    return [int(n) for q, n in (line.split("\t") for line in out.splitlines()) if q == queue]
+    # Only "queue<TAB>count" rows: rabbitmqctl may add other lines (warnings) on a busy node.
+    rows = (line.split("\t") for line in out.splitlines())
+    return [int(row[1]) for row in rows if len(row) == 2 and row[0] == queue]
