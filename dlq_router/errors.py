@@ -56,11 +56,10 @@ class BrokerUnavailable(BrokerError):
 class TopologyConflict(DlqRouterError):
     exit_code = 3
 
-    def __init__(self, conflicts: Sequence[str]) -> None:
+    def __init__(self, conflicts: Sequence[str], outcome: str = "nothing was declared") -> None:
         self.conflicts = list(conflicts)  # "queue emails.retry.10s: x-message-ttl: ..."
         super().__init__(
-            f"{len(self.conflicts)} existing object(s) differ from the topology; "
-            "nothing was declared"
+            f"{len(self.conflicts)} existing object(s) differ from the topology; {outcome}"
         )
 
 

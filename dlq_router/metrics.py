@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+
+# A loop pass takes milliseconds and waits at most about a second between passes, so ten
+# seconds without one means a call is hanging.
+STALL_AFTER_S = 10.0
 
 
 class Metrics:
@@ -63,11 +68,36 @@ class Metrics:
             "dlq_router_in_flight_bytes", "Bytes of dead-letter bodies held (RabbitMQ)", registry=r
         )
 
+        # Loops that report progress (``beat``); /readyz fails when one has been quiet for
+        # longer than ``stall_after`` seconds (a call hanging on a half-open connection).
+        self.stall_after = STALL_AFTER_S
+        self._beats: dict[str, float] = {}
+        self.loop_age = Gauge(
+            "dlq_router_loop_seconds_since_progress",
+            "Seconds since each router loop last completed a pass (Redis)",
+            ["loop"],
+            registry=r,
+        )
+
     def set_ready(self, ready: bool) -> None:
         self.ready.set(1 if ready else 0)
 
+    def beat(self, loop: str) -> None:
+        """``loop`` completed a pass (its broker calls answered) just now."""
+        if loop not in self._beats:
+            self.loop_age.labels(loop).set_function(lambda: self._age(loop))
+        self._beats[loop] = time.monotonic()
+
+    def _age(self, loop: str) -> float:
+        return round(time.monotonic() - self._beats.get(loop, time.monotonic()), 3)
+
+    def stalled(self) -> list[str]:
+        """The loops that have made no progress for longer than ``stall_after``."""
+        return sorted(n for n in list(self._beats) if self._age(n) > self.stall_after)
+
     def is_ready(self) -> bool:
-        return bool(self.registry.get_sample_value("dlq_router_ready"))
+        ready = bool(self.registry.get_sample_value("dlq_router_ready"))
+        return ready and not self.stalled()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -92,6 +122,12 @@ def _app(metrics: Metrics) -> Callable[..., Iterable[bytes]]:
                 start_response("200 OK", [("Content-Type", "text/plain")])
                 return [b"ready\n"]
             start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            stalled = metrics.stalled()
+            if stalled:
+                return [
+                    f"not ready: no progress for over {metrics.stall_after:.0f}s in "
+                    f"{', '.join(stalled)}\n".encode()
+                ]
             return [b"not ready\n"]
         return prom(environ, start_response)  # type: ignore[no-any-return]
 

@@ -169,6 +169,9 @@ class RouterProcess:
     def __init__(self, topo: Topology, tmp: Path) -> None:
         path = tmp / f"{topo.routes[0].name}.json"
         path.write_text(json.dumps(topo.model_dump(mode="json")))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        declare = [sys.executable, "-m", "dlq_router", "declare", "-t", str(path)]
+        subprocess.run(declare, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dlq_router", "run", "-t", str(path)],
             cwd=ROOT,

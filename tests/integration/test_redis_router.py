@@ -51,6 +51,7 @@ class RouterThread:
     def __init__(self, topology: Topology) -> None:
         self.ctx = RouterContext(metrics=Metrics())
         self.backend = open_backend(topology)
+        self.backend.declare(dry_run=False)  # run refuses routes never declared
         self.thread = threading.Thread(target=self.backend.run_router, args=(self.ctx,))
         self.thread.start()
         wait_for(self.ctx.metrics.is_ready, 10, "router ready")

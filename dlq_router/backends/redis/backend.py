@@ -29,8 +29,10 @@ class RedisBackend:
         return declare(self.client, self.topology, dry_run=dry_run)
 
     def run_router(self, ctx: RouterContext) -> None:
+        from dlq_router.backends.redis.declare import check_declared
         from dlq_router.backends.redis.router import run
 
+        check_declared(self.client, self.topology)
         run(self.topology, ctx)
 
     @property

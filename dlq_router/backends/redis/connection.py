@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -40,6 +41,26 @@ def describe(exc: BaseException, url: str) -> str:
     return f"cannot use {where}: {text}"
 
 
+# redis-py waits forever by default: on a half-open connection (a peer that vanished without
+# a FIN, a stalled network) every call would hang. No call of ours blocks on the server side
+# (the router polls; there is no BRPOP), so any reply slower than this means a dead link.
+# Override per URL: ``?socket_timeout=30`` (redis-py reads it; the URL's options win).
+SOCKET_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+# Keepalive probes find a dead idle connection in about 30 + 3 * 10 s.
+_KEEPALIVE = {
+    name: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
+LIVENESS: dict[str, Any] = {
+    "socket_timeout": SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    "socket_keepalive": True,
+    "socket_keepalive_options": {getattr(socket, n): v for n, v in _KEEPALIVE.items()},
+}
+
+
 def connect(url: str, *, client_name: str = "dlq-router") -> RedisClient:
     """A connected client, or ``BrokerUnavailable`` with a one-line, redacted reason."""
     try:
@@ -57,10 +78,10 @@ def connect(url: str, *, client_name: str = "dlq-router") -> RedisClient:
         }
         if "+cluster" in base.split("://", 1)[0]:
             plain = base.replace("+cluster", "", 1)
-            client = RedisCluster.from_url(plain, client_name=client_name, **tls)
+            client = RedisCluster.from_url(plain, client_name=client_name, **LIVENESS, **tls)
         else:
             client = redis.Redis.from_url(
-                base, client_name=client_name, health_check_interval=30, **tls
+                base, client_name=client_name, health_check_interval=30, **LIVENESS, **tls
             )
         client.ping()
     except (rex.RedisError, OSError) as exc:

@@ -16,7 +16,7 @@ from redis.cluster import RedisCluster
 
 from dlq_router.backends.base import DeclareReport, PlanItem
 from dlq_router.backends.redis.connection import RedisClient, describe
-from dlq_router.errors import BrokerUnavailable
+from dlq_router.errors import BrokerUnavailable, TopologyConflict, UsageError
 from dlq_router.names import redis_keys
 from dlq_router.topology import Route, Topology
 from dlq_router.urls import redact_url
@@ -103,6 +103,31 @@ def server_warnings(client: RedisClient, url: str) -> list[PlanItem]:
             )
         )
     return items
+
+
+def check_declared(client: RedisClient, topology: Topology) -> None:
+    """Before ``run``, as on RabbitMQ: a route never declared is exit 2, a route recorded
+    differently from the file (what ``declare`` would refuse) is exit 3."""
+    missing: list[str] = []
+    conflicts: list[str] = []
+    try:
+        for route in topology.routes:
+            key = redis_keys(topology, route).topology
+            raw = client.get(key)
+            if raw is None:
+                missing.append(route.name)
+            elif _text(raw) != route_record(route):
+                conflicts.append(f"key {key}: {_differences(_text(raw), route_record(route))}")
+    except rex.RedisError as exc:
+        raise BrokerUnavailable(describe(exc, topology.url)) from exc
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UsageError(
+            f"route {missing[0]!r}{more} was never declared on {redact_url(topology.url)}: "
+            "run `dlq-router declare` first"
+        )
+    if conflicts:
+        raise TopologyConflict(conflicts, "the router was not started")
 
 
 def declare(client: RedisClient, topology: Topology, *, dry_run: bool) -> DeclareReport:

@@ -56,6 +56,7 @@ class Mover:
             self._planned_ms = 0
             self._wake.clear()
             next_score = self.move_due(move)
+            self.ctx.metrics.beat("mover")
             now = self.ctx.clock() * 1000
             if next_score is None:
                 sleep_ms = MAX_SLEEP_S * 1000

@@ -246,6 +246,7 @@ class Claimer:
         while not halt.is_set():
             claimed = [self.claim_route(rk, claim, route_batch) for rk in self.routes]
             self.ctx.metrics.set_ready(True)
+            self.ctx.metrics.beat("claimer")
             if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
                 self.maintain(recover, expire)
                 last_maintenance = time.monotonic()
@@ -426,6 +427,36 @@ class Claimer:
                 )
 
 
+def _wait_for_threads(
+    threads: list[threading.Thread], halt: threading.Event, ctx: RouterContext
+) -> bool:
+    """Wait for the loops to end, as on RabbitMQ: after the first signal at most
+    ``ctx.shutdown_timeout`` seconds, after a second one not at all. False when they were
+    left running (a call hanging on Redis, say); what they hold stays leased and returns to
+    the dead-letter list when the lease expires, so nothing is lost."""
+    deadline: float | None = None
+    while any(t.is_alive() for t in threads):
+        if ctx.abort.is_set():
+            ctx.log.warning(
+                "second signal: exiting now; leased dead letters return to the dead-letter "
+                "list when their lease expires (%.0fs)",
+                LEASE_MS / 1000,
+            )
+            return False
+        if deadline is None and (ctx.stop.is_set() or halt.is_set()):
+            deadline = time.monotonic() + ctx.shutdown_timeout
+        if deadline is not None and time.monotonic() > deadline:
+            ctx.log.warning(
+                "still busy %.0fs after the stop (Redis not answering?); exiting anyway, "
+                "leased dead letters return to the dead-letter list when their lease expires",
+                ctx.shutdown_timeout,
+            )
+            return False
+        for t in threads:
+            t.join(0.1)
+    return True
+
+
 def run(topology: Topology, ctx: RouterContext) -> None:
     """Route dead letters of every route until ``ctx.stop`` is set, then return.
 
@@ -459,15 +490,19 @@ def run(topology: Topology, ctx: RouterContext) -> None:
             name="dlq-router-mover",
             daemon=True,
         ),
+        threading.Thread(
+            target=guarded,
+            args=("claimer", lambda c: claimer.run(c, halt)),
+            name="dlq-router-claimer",
+            daemon=True,
+        ),
     ]
     for t in threads:
         t.start()
     ctx.log.info("routing %d route(s) on Redis", len(claimer.routes))
-    guarded("claimer", lambda c: claimer.run(c, halt))
-    halt.set()
-    mover.wake()
-    for t in threads:
-        t.join()
+    if not _wait_for_threads(threads, halt, ctx):
+        ctx.metrics.set_ready(False)
+        return  # the threads are daemons, blocked in a call: the process exit ends them
     ctx.metrics.set_ready(False)
     if failure:
         raise failure[0]
