@@ -37,6 +37,10 @@ ReasonOpt = Annotated[
     list[str] | None,
     typer.Option("--reason", help="Park reason, e.g. max_attempts (repeatable)."),
 ]
+TaskOpt = Annotated[
+    list[str] | None,
+    typer.Option("--task", help="Celery task name, e.g. myapp.tasks.send (repeatable)."),
+]
 OlderOpt = Annotated[
     str | None, typer.Option("--older-than", help="Parked at least this long ago (e.g. 1h).")
 ]
@@ -63,12 +67,14 @@ def selector(
     ids: list[str] | None = None,
     group: list[str] | None = None,
     all_: bool = False,
+    task: list[str] | None = None,
 ) -> p.Selector:
     return p.parse_selector(
         known_routes=[r.name for r in topo.routes],
         routes=route or (),
         error_types=error_type or (),
         reasons=reason or (),
+        tasks=task or (),
         older_than=older_than,
         newer_than=newer_than,
         limit=limit,
@@ -106,13 +112,17 @@ def _short_time(iso: str | None) -> str:
 
 
 def list_rows(messages: list[ParkedMessage]) -> None:
-    rows = [["ID", "ROUTE", "ATTEMPTS", "REASON", "ERROR TYPE", "PARKED AT", "SIZE"]]
+    rows = [
+        ["ID", "ROUTE", "TASK", "TASK ID", "ATTEMPTS", "REASON", "ERROR TYPE", "PARKED AT", "SIZE"]
+    ]
     for msg in messages:
         r = p.summary_row(msg)
         rows.append(
             [
                 r["id"],
                 r["route"],
+                r["task"] or "-",
+                r["task_id"] or "-",
                 "-" if r["attempts"] is None else str(r["attempts"]),
                 r["reason"] or "-",
                 r["error_type"] or "-",
@@ -130,6 +140,7 @@ def list_(
     route: RouteOpt = None,
     error_type: ErrorTypeOpt = None,
     reason: ReasonOpt = None,
+    task: TaskOpt = None,
     older_than: OlderOpt = None,
     newer_than: NewerOpt = None,
     limit: LimitOpt = None,
@@ -137,10 +148,13 @@ def list_(
     group: GroupOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Parked messages, newest first: id, route, attempts, reason, error type, time, size."""
+    """Parked messages, newest first: id, route, task, task id, attempts, reason, error type,
+    time, size."""
     with cli_errors():
         topo = load(topology, url)
-        sel = selector(topo, route, error_type, reason, older_than, newer_than, limit, ids, group)
+        sel = selector(
+            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, task=task
+        )
         with backend_for(topo) as backend:
             messages = list(backend.parking.iter(sel))
         if not messages:
@@ -155,7 +169,9 @@ def list_(
 
 @app.command("show")
 def show(
-    msg_id: Annotated[str, typer.Argument(metavar="ID", help="The parked message's id.")],
+    msg_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The parked message's id, or a Celery task id.")
+    ],
     topology: TopologyOpt,
     url: UrlOpt = None,
     route: Annotated[str | None, typer.Option("--route", help="Look only here.")] = None,
@@ -171,13 +187,15 @@ def show(
         if route is not None:
             selector(topo, [route], None, None, None, None, None)  # validates the route
         with backend_for(topo) as backend:
-            msg = backend.parking.get(msg_id, route)
+            msg = find_parked(backend.parking, topo, msg_id, route)
         record = p.show_record(msg)
         if as_json:
             _print_json(record)
             return
         typer.echo(f"id:     {record['id']}")
         typer.echo(f"route:  {record['route']}")
+        if record["task"]:
+            typer.echo(f"task:   {record['task']}[{record['task_id']}]")
         typer.echo(f"group:  {record['fingerprint']}")
         typer.echo("properties:")
         for key, value in record["properties"].items():
@@ -201,17 +219,18 @@ def groups(
     route: RouteOpt = None,
     error_type: ErrorTypeOpt = None,
     reason: ReasonOpt = None,
+    task: TaskOpt = None,
     older_than: OlderOpt = None,
     newer_than: NewerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Parked messages grouped by route + error type + reason, largest group first.
+    """Parked messages grouped by route + task + error type + reason, largest group first.
 
     The fingerprint selects the group in `replay`, `purge` and `export` (--group).
     """
     with cli_errors():
         topo = load(topology, url)
-        sel = selector(topo, route, error_type, reason, older_than, newer_than, None)
+        sel = selector(topo, route, error_type, reason, older_than, newer_than, None, task=task)
         with backend_for(topo) as backend:
             found = p.groups(backend.parking.scan(sel))  # one pass, no message kept
         if not found:
@@ -221,7 +240,9 @@ def groups(
             for group in found:
                 _print_json(p.group_row(group))
             return
-        rows = [["GROUP", "COUNT", "ROUTE", "ERROR TYPE", "REASON", "FIRST SEEN", "LAST SEEN"]]
+        rows = [
+            ["GROUP", "COUNT", "ROUTE", "TASK", "ERROR TYPE", "REASON", "FIRST SEEN", "LAST SEEN"]
+        ]
         for group in found:
             r = p.group_row(group)
             rows.append(
@@ -229,6 +250,7 @@ def groups(
                     r["fingerprint"],
                     str(r["count"]),
                     r["route"],
+                    r["task"] or "-",
                     r["error_type"] or "-",
                     r["reason"] or "-",
                     _short_time(r["first_seen_iso"]),
@@ -236,6 +258,18 @@ def groups(
                 ]
             )
         _table(rows)
+
+
+def find_parked(lot: p.ParkingLot, topo: Topology, wanted: str, route: str | None) -> ParkedMessage:
+    """A parked id, or else a Celery task id (the newest message parked under it)."""
+    try:
+        return lot.get(wanted, route)
+    except NotFound:
+        sel = selector(topo, [route] if route else None, None, None, None, None, None)
+        for msg in lot.iter(sel):  # newest first
+            if p.task_id(msg) == wanted:
+                return msg
+        raise
 
 
 def check_missing(result: p.ReplayResult) -> None:
@@ -250,6 +284,7 @@ def purge(
     route: RouteOpt = None,
     error_type: ErrorTypeOpt = None,
     reason: ReasonOpt = None,
+    task: TaskOpt = None,
     older_than: OlderOpt = None,
     newer_than: NewerOpt = None,
     limit: LimitOpt = None,
@@ -265,7 +300,7 @@ def purge(
     with cli_errors():
         topo = load(topology, url)
         sel = selector(
-            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, all_
+            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, all_, task
         )
         sel.require_choice("purge")
         if not yes and not sys.stdin.isatty():
@@ -294,6 +329,7 @@ def export(
     route: RouteOpt = None,
     error_type: ErrorTypeOpt = None,
     reason: ReasonOpt = None,
+    task: TaskOpt = None,
     older_than: OlderOpt = None,
     newer_than: NewerOpt = None,
     limit: LimitOpt = None,
@@ -303,7 +339,9 @@ def export(
     """Write the selected parked messages as JSONL (bodies base64); nothing is removed."""
     with cli_errors():
         topo = load(topology, url)
-        sel = selector(topo, route, error_type, reason, older_than, newer_than, limit, ids, group)
+        sel = selector(
+            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, task=task
+        )
         with backend_for(topo) as backend:
             messages = list(backend.parking.iter(sel))
         lines = "".join(p.export_line(m) + "\n" for m in messages)

@@ -23,6 +23,7 @@ def replay(
     route: cli.RouteOpt = None,
     error_type: cli.ErrorTypeOpt = None,
     reason: cli.ReasonOpt = None,
+    task: cli.TaskOpt = None,
     older_than: cli.OlderOpt = None,
     newer_than: cli.NewerOpt = None,
     limit: cli.LimitOpt = None,
@@ -52,7 +53,7 @@ def replay(
     with cli_errors():
         topo = load(topology, url)
         sel = cli.selector(
-            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, all_
+            topo, route, error_type, reason, older_than, newer_than, limit, ids, group, all_, task
         )
         sel.require_choice("replay")
         if to_route is not None:

@@ -28,11 +28,14 @@ from dlq_router.parking.messages import (
     attempts,
     error_type,
     fingerprint,
+    group_key,
     iso,
     message_fingerprint,
     now_ms,
     parked_at,
     reason,
+    task_id,
+    task_name,
 )
 from dlq_router.parking.render import (
     HISTORY_HEADERS,
@@ -85,6 +88,7 @@ __all__ = [
     "export_line",
     "fingerprint",
     "from_json_value",
+    "group_key",
     "group_row",
     "groups",
     "hex_preview",
@@ -103,5 +107,7 @@ __all__ = [
     "show_record",
     "summarize",
     "summary_row",
+    "task_id",
+    "task_name",
     "to_json_value",
 ]

@@ -14,6 +14,9 @@ from dlq_router import numbers
 from dlq_router.backends.base import ParkedMessage
 
 FINGERPRINT_LENGTH = 12
+# Celery message protocol 2 headers naming the task (never the body: it may be a pickle).
+CELERY_TASK = "task"
+CELERY_ID = "id"
 
 
 # --------------------------------------------------------------------------- reading headers
@@ -35,14 +38,43 @@ def reason(msg: ParkedMessage) -> str:
     return h.as_text(msg.headers.get(h.PARK_REASON)) or ""
 
 
-def fingerprint(route: str, error: str, why: str) -> str:
-    """Stable id of a group (route + error type + park reason), usable as ``--group``."""
-    digest = hashlib.sha1(f"{route}\0{error}\0{why}".encode(), usedforsecurity=False)
+def task_name(msg: ParkedMessage) -> str:
+    """Celery's task name (protocol 2 ``task`` header); "" for a message that is no task."""
+    return h.as_text(msg.headers.get(CELERY_TASK)) or ""
+
+
+def task_id(msg: ParkedMessage) -> str:
+    """Celery's task id (``id`` header, read only beside a ``task`` header), else the
+    message's ``message_id``, else its ``correlation_id``; "" when none is there."""
+    if CELERY_TASK in msg.headers:
+        found = h.as_text(msg.headers.get(CELERY_ID))
+        if found:
+            return found
+    for prop in ("message_id", "correlation_id"):
+        found = h.as_text(msg.properties.get(prop))
+        if found:
+            return found
+    return ""
+
+
+def fingerprint(route: str, error: str, why: str, task: str = "") -> str:
+    """Stable id of a group (route + task + error type + park reason), usable as ``--group``.
+
+    A message that is no Celery task (task "") keeps the fingerprint of earlier versions,
+    sha1(route, error type, reason), so existing groups keep their fingerprints.
+    """
+    key = f"{route}\0{error}\0{why}" + (f"\0{task}" if task else "")
+    digest = hashlib.sha1(key.encode(), usedforsecurity=False)
     return digest.hexdigest()[:FINGERPRINT_LENGTH]
 
 
+def group_key(msg: ParkedMessage) -> tuple[str, str, str, str]:
+    """(route, error type, reason, task): what ``parked groups`` groups by."""
+    return (msg.route, error_type(msg), reason(msg), task_name(msg))
+
+
 def message_fingerprint(msg: ParkedMessage) -> str:
-    return fingerprint(msg.route, error_type(msg), reason(msg))
+    return fingerprint(*group_key(msg))
 
 
 def iso(ms: int | None) -> str | None:

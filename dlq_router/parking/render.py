@@ -20,10 +20,13 @@ from dlq_router.parking.messages import (
     attempts,
     error_type,
     fingerprint,
+    group_key,
     iso,
     message_fingerprint,
     parked_at,
     reason,
+    task_id,
+    task_name,
 )
 
 PICKLE_CONTENT_TYPE = "application/x-python-serialize"
@@ -50,16 +53,19 @@ def summary_row(msg: ParkedMessage) -> dict[str, Any]:
         "origin_exchange": h.as_text(msg.headers.get(h.ORIGIN_EXCHANGE)),
         "origin_routing_key": h.as_text(msg.headers.get(h.ORIGIN_ROUTING_KEY)),
         "fingerprint": message_fingerprint(msg),
+        "task": task_name(msg),
+        "task_id": task_id(msg),
     }
 
 
 @dataclass
 class Group:
-    """Parked messages sharing route + error type + reason."""
+    """Parked messages sharing route + error type + reason + task name ("" for no task)."""
 
     route: str
     error_type: str
     reason: str
+    task: str = ""
     count: int = 0
     first_seen: int | None = None
     last_seen: int | None = None
@@ -67,7 +73,7 @@ class Group:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.route, self.error_type, self.reason)
+        return fingerprint(self.route, self.error_type, self.reason, self.task)
 
     def add(self, msg: ParkedMessage) -> None:
         at = parked_at(msg)
@@ -79,9 +85,9 @@ class Group:
 
 def groups(messages: Iterable[ParkedMessage]) -> list[Group]:
     """Groups, largest first (ties: most recently seen first)."""
-    found: dict[tuple[str, str, str], Group] = {}
+    found: dict[tuple[str, str, str, str], Group] = {}
     for msg in messages:
-        key = (msg.route, error_type(msg), reason(msg))
+        key = group_key(msg)
         group = found.get(key)
         if group is None:
             group = found[key] = Group(*key)
@@ -101,6 +107,7 @@ def group_row(group: Group) -> dict[str, Any]:
         "last_seen": group.last_seen,
         "last_seen_iso": iso(group.last_seen),
         "bytes": group.bytes,
+        "task": group.task,
     }
 
 
@@ -200,6 +207,7 @@ HISTORY_HEADERS = (
     h.ORIGIN_EXCHANGE,
     h.ORIGIN_ROUTING_KEY,
     h.ORIGIN_QUEUE,
+    "dlq-error-traceback",  # written by dlq_router.celery
 )
 
 

@@ -20,6 +20,7 @@ from dlq_router.parking.messages import (
     now_ms,
     parked_at,
     reason,
+    task_name,
 )
 from dlq_router.policy import PARK_REASONS, is_non_retryable
 
@@ -33,6 +34,7 @@ class Selector:
     routes: tuple[str, ...] = ()
     error_types: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()  # Celery task names
     older_than_ms: int | None = None  # parked at least this long ago
     newer_than_ms: int | None = None  # parked at most this long ago
     ids: frozenset[str] = frozenset()
@@ -47,6 +49,7 @@ class Selector:
             self.routes
             or self.error_types
             or self.reasons
+            or self.tasks
             or self.ids
             or self.groups
             or self.older_than_ms is not None
@@ -56,14 +59,14 @@ class Selector:
     @property
     def header_filters(self) -> bool:
         """Filters that need a message's headers (route and time come from the index)."""
-        return bool(self.error_types or self.reasons or self.groups)
+        return bool(self.error_types or self.reasons or self.tasks or self.groups)
 
     def require_choice(self, action: str) -> None:
         """Bulk changes need an explicit selector or ``--all`` (``--limit`` alone is not one)."""
         if not self.has_filter and not self.all:
             raise SelectorError(
-                f"{action} needs a selector (--route, --error-type, --reason, --older-than, "
-                "--newer-than, --id, --group) or --all"
+                f"{action} needs a selector (--route, --error-type, --reason, --task, "
+                "--older-than, --newer-than, --id, --group) or --all"
             )
 
     def window(self) -> tuple[int | None, int | None]:
@@ -83,6 +86,8 @@ class Selector:
             return False
         if self.reasons and reason(msg) not in self.reasons:
             return False
+        if self.tasks and task_name(msg) not in self.tasks:
+            return False
         if self.error_types and not is_non_retryable(error_type(msg), list(self.error_types)):
             return False
         low, high = self.window()
@@ -98,6 +103,7 @@ def parse_selector(
     routes: Sequence[str] = (),
     error_types: Sequence[str] = (),
     reasons: Sequence[str] = (),
+    tasks: Sequence[str] = (),
     older_than: str | None = None,
     newer_than: str | None = None,
     limit: int | None = None,
@@ -120,6 +126,8 @@ def parse_selector(
                 f"--group {group!r}: a fingerprint is {FINGERPRINT_LENGTH} lowercase hex "
                 "characters (see `dlq-router parked groups`)"
             )
+    if any(not t.strip() for t in tasks):
+        raise SelectorError("--task must not be empty")
     if any(not i.strip() for i in ids):
         raise SelectorError("--id must not be empty")
     if limit is not None and limit < 1:
@@ -140,6 +148,7 @@ def parse_selector(
         routes=tuple(dict.fromkeys(routes)),
         error_types=tuple(dict.fromkeys(error_types)),
         reasons=tuple(dict.fromkeys(reasons)),
+        tasks=tuple(dict.fromkeys(tasks)),
         older_than_ms=older,
         newer_than_ms=newer,
         ids=frozenset(ids),

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.parking.messages import error_type, parked_at, reason
+from dlq_router.parking.messages import group_key, parked_at
 from dlq_router.parking.render import Group
 
 
@@ -22,7 +22,7 @@ class LotSummary:
     bytes: int = 0
     oldest: int | None = None  # parked-at ms of the oldest message seen
     newest: int | None = None
-    _groups: dict[tuple[str, str, str], Group] = field(default_factory=dict)
+    _groups: dict[tuple[str, str, str, str], Group] = field(default_factory=dict)
 
     def add(self, msg: ParkedMessage) -> None:
         at = parked_at(msg)
@@ -30,7 +30,7 @@ class LotSummary:
         self.bytes += msg.size
         self.oldest = at if self.oldest is None else min(self.oldest, at)
         self.newest = at if self.newest is None else max(self.newest, at)
-        key = (msg.route, error_type(msg), reason(msg))
+        key = group_key(msg)
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(*key)

@@ -129,6 +129,8 @@ def test_summary_row_field_names_are_stable() -> None:
         "origin_exchange",
         "origin_routing_key",
         "fingerprint",
+        "task",
+        "task_id",
     ]
     assert row["origin_routing_key"] == "rk" and row["attempts"] == 3
     json.dumps(row)
