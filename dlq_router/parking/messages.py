@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from dlq_router import headers as h
 from dlq_router import numbers
@@ -55,6 +58,27 @@ def task_id(msg: ParkedMessage) -> str:
         if found:
             return found
     return ""
+
+
+def describe_message(headers: Mapping[str, Any], message_id: Any = None) -> str:
+    """How router logs name a message: ``task app.send[<task id>]`` for a Celery task,
+    else ``message_id=<id>``."""
+    task = h.as_text(headers.get(CELERY_TASK))
+    if task:
+        return f"task {task}[{h.as_text(headers.get(CELERY_ID)) or '?'}]"
+    return f"message_id={h.as_text(message_id)}"
+
+
+def describe_envelope(text: str | bytes) -> str:
+    """``describe_message`` for a kombu Redis envelope (JSON text); never raises."""
+    try:
+        envelope = json.loads(text)
+        headers = envelope.get("headers") if isinstance(envelope, dict) else None
+        props = envelope.get("properties") if isinstance(envelope, dict) else None
+        correlation = props.get("correlation_id") if isinstance(props, dict) else None
+        return describe_message(headers if isinstance(headers, dict) else {}, correlation)
+    except (ValueError, RecursionError):
+        return "message_id=None"
 
 
 def fingerprint(route: str, error: str, why: str, task: str = "") -> str:

@@ -83,6 +83,28 @@ class CeleryCases:
         assert len(runs(log)) == 1
         with pytest.raises(ValueError, match="not an email address"):
             result.get(timeout=5)
+        # The parking tools name the task: list --task, show <task id>, groups by task.
+        listed = stack.parked("--route", queue, "--task", "example.send_email")
+        mine = [row for row in listed if row["task_id"] == result.id]
+        assert len(mine) == 1 and mine[0]["task"] == "example.send_email", listed
+        assert all(row["task"] == "example.send_email" for row in listed)
+        assert mine[0]["reason"] == "non_retryable" and mine[0]["error_type"] == "ValueError"
+        shown = json.loads(
+            dlq("parked", "show", result.id, "-t", stack.topology_path, "--json").stdout
+        )
+        assert shown["id"] == mine[0]["id"] and shown["task_id"] == result.id
+        text = dlq("parked", "show", result.id, "-t", stack.topology_path).stdout
+        assert f"task:   example.send_email[{result.id}]" in text
+        groups = dlq("parked", "groups", "-t", stack.topology_path, "--route", queue, "--json")
+        rows = [json.loads(line) for line in groups.stdout.splitlines()]
+        assert {r["task"] for r in rows} >= {"example.send_email"}
+        email = [r for r in rows if r["task"] == "example.send_email"]
+        assert len(email) == 1 and email[0]["fingerprint"] == mine[0]["fingerprint"]
+        table = dlq(
+            "parked", "list", "-t", stack.topology_path, "--task", "example.send_email"
+        ).stdout
+        assert "TASK ID" in table and result.id in table
+        assert f"parked task example.send_email[{result.id}]" in stack.router_output()
 
     def test_replayed_parked_task_runs_again_and_succeeds(
         self, stack: CeleryStack, queue: str, tmp_path: Path
@@ -96,7 +118,11 @@ class CeleryCases:
         ]
         assert len(parked) == 1, parked
         flag.touch()  # the fix is deployed
-        out = dlq("replay", "-t", stack.topology_path, "--id", parked[0]["id"], "--json")
+        assert parked[0]["task_id"] == result.id and parked[0]["task"] == "example.charge"
+        out = dlq(
+            "replay", "-t", stack.topology_path, "--task", "example.charge",
+            "--id", parked[0]["id"], "--json",
+        )  # fmt: skip
         assert '"replayed": 1' in out.stdout, out.stdout
         # Celery caches a ready state in the AsyncResult and the backend: read it afresh.
         backend = stack.client.backend

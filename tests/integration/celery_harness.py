@@ -167,6 +167,9 @@ class CeleryStack:
         out = dlq("parked", "list", "-t", self.topology_path, "--json", *args).stdout
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
+    def router_output(self) -> str:
+        return self.router.output if self.router is not None else ""
+
     def close(self) -> None:
         for worker in self.workers:
             worker.stop()

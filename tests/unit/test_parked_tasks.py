@@ -92,3 +92,15 @@ def test_any_header_values_give_text(task: Any, task_id: Any, props: dict[str, A
     row = p.summary_row(msg)
     assert isinstance(row["task"], str) and isinstance(row["task_id"], str)
     assert len(p.message_fingerprint(msg)) == p.FINGERPRINT_LENGTH
+
+
+def test_router_logs_name_the_task() -> None:
+    from dlq_router.parking.messages import describe_envelope, describe_message
+
+    assert describe_message({"task": "app.send", "id": "t-1"}, "m") == "task app.send[t-1]"
+    assert describe_message({}, "m-1") == "message_id=m-1"
+    envelope = '{"headers": {"task": "app.send", "id": "t-2"}, "properties": {}}'
+    assert describe_envelope(envelope) == "task app.send[t-2]"
+    assert describe_envelope('{"properties": {"correlation_id": "c"}}') == "message_id=c"
+    assert describe_envelope(b"\xff not json") == "message_id=None"
+    assert describe_envelope("[" * 100_000) == "message_id=None"

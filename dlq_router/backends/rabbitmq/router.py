@@ -47,6 +47,7 @@ from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerUnavailable, UsageError
 from dlq_router.ids import new_id
 from dlq_router.names import RabbitNames, rabbit_names
+from dlq_router.parking.messages import describe_message
 from dlq_router.policy import PARK_REASONS, Decision, Park, Retry, decide, park_headers
 from dlq_router.topology import Route, Topology
 
@@ -561,8 +562,8 @@ class Router:
         else:
             r.parked[decision.reason].inc()
             self.log.info(
-                "parked message_id=%s from %s: %s (%s)",
-                p.props.message_id,
+                "parked %s from %s: %s (%s)",
+                describe_message(decision.headers, p.props.message_id),
                 r.names.dlq,
                 decision.reason,
                 decision.detail,

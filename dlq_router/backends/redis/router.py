@@ -42,6 +42,7 @@ from dlq_router.durations import format_duration_ms
 from dlq_router.errors import BrokerError, BrokerUnavailable
 from dlq_router.ids import new_id
 from dlq_router.names import RedisKeys, redis_keys
+from dlq_router.parking.messages import describe_envelope
 from dlq_router.policy import Failure, Park, decide, park_headers
 from dlq_router.topology import Route, Topology
 
@@ -402,6 +403,11 @@ class Claimer:
         """Count a batch's outcomes (one counter update per label, not per message)."""
         m, name = self.ctx.metrics, rk.route.name
         outcomes = Counter(zip(statuses, (item.label for item in items), strict=True))
+        for status, item in zip(statuses, items, strict=True):
+            if status == "p":  # name the task and id of what was parked
+                self.ctx.log.info(
+                    "%s: parked %s: %s", name, describe_envelope(item.payload), item.label
+                )
         for (status, label), n in outcomes.items():
             if status == "r":
                 m.dead_letters.labels(name).inc(n)
