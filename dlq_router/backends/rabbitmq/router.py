@@ -115,6 +115,18 @@ class _Publish:
     returned: bool = False
 
 
+def _task_headers(table: wire.Table) -> dict[str, Any]:
+    """Celery's ``task`` and ``id`` headers, read from the foreign entries for the park log
+    line (parks are rare; the hot path never decodes foreign headers)."""
+    found: dict[str, Any] = {}
+    for run in table.foreign:
+        entries, _ = wire.scan(run, 0, len(run))
+        for name, _start, value, end in entries:
+            if name in (b"task", b"id"):
+                found[name.decode()] = wire.read_value(run, value, end)
+    return found
+
+
 @dataclass(eq=False, slots=True)
 class _Held:
     """A dead letter whose park was not confirmed: kept unacked, published again later."""
@@ -563,7 +575,7 @@ class Router:
             r.parked[decision.reason].inc()
             self.log.info(
                 "parked %s from %s: %s (%s)",
-                describe_message(decision.headers, p.props.message_id),
+                describe_message(_task_headers(p.table), p.props.message_id),
                 r.names.dlq,
                 decision.reason,
                 decision.detail,
