@@ -55,8 +55,10 @@ class RouterProcess:
         *,
         proxy: bool = False,
         args: tuple[str, ...] = (),
+        module: str = "dlq_router",
     ) -> None:
         self.topology = topology
+        self.module = module  # ``python -m`` this (a test may plant a bug: faulty_router.py)
         self.path = write_topology(topology, workdir / f"topology-{id(self)}.yaml")
         self.log_path = workdir / f"router-{id(self)}.log"
         self.args = args
@@ -71,7 +73,7 @@ class RouterProcess:
         self._log_offset = 0
 
     def start(self, *, wait: bool = True, timeout: float = 15.0) -> RouterProcess:
-        cmd = [sys.executable, "-m", "dlq_router", "run", "-t", str(self.path)]
+        cmd = [sys.executable, "-m", self.module, "run", "-t", str(self.path)]
         if self.proxy is not None:
             cmd += ["--url", self.url]
         cmd += ["--metrics-port", str(self.metrics_port), *self.args]
