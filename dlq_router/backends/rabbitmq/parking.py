@@ -79,7 +79,8 @@ CONFIRM_TIMEOUT = 30.0
 # replay. Confirms of persistent messages arrive in batches as the broker syncs its message
 # store; 2,000 replayed 8.7-9.4k msg/s where 1,000 did 8.2-8.4k (RabbitMQ 3.10, 2 cores).
 WINDOW = 2_000
-# How long closing a snapshot waits for the broker to show its messages back in the queue.
+# How long closing a snapshot waits without progress for the broker to show its messages
+# back in the queue.
 RETURN_TIMEOUT = 10.0
 
 
@@ -217,15 +218,19 @@ class _Snapshot:
 
 
 def _wait_until_back(connection: pika.BlockingConnection, queue: str, expected: int) -> None:
-    """Poll the queue's ready count until it reaches ``expected`` or RETURN_TIMEOUT passes (a
-    concurrent replay may take messages meanwhile: then it never does, and that is fine)."""
+    """Poll the queue's ready count until it reaches ``expected``, or until it stops growing
+    for RETURN_TIMEOUT (a concurrent replay may take messages meanwhile: then it never gets
+    there, and that is fine). The broker requeues a million handed-back messages over tens
+    of seconds on a busy machine, so the wait lasts as long as the count keeps growing."""
     channel = connection.channel()
-    deadline = time.monotonic() + RETURN_TIMEOUT
+    last, deadline = -1, time.monotonic() + RETURN_TIMEOUT
     try:
-        while channel.queue_declare(queue, passive=True).method.message_count < expected:
-            if time.monotonic() > deadline:
+        while (ready := channel.queue_declare(queue, passive=True).method.message_count) < expected:
+            if ready > last:
+                last, deadline = ready, time.monotonic() + RETURN_TIMEOUT
+            elif time.monotonic() > deadline:
                 return
-            connection.sleep(0.01)
+            connection.sleep(0.02)
     finally:
         if channel.is_open:
             channel.close()
