@@ -80,8 +80,9 @@ CONFIRM_TIMEOUT = 30.0
 # store; 2,000 replayed 8.7-9.4k msg/s where 1,000 did 8.2-8.4k (RabbitMQ 3.10, 2 cores).
 WINDOW = 2_000
 # How long closing a snapshot waits without progress for the broker to show its messages
-# back in the queue.
+# back in the queue, and the slowest requeue rate it allows for before giving up (msg/s).
 RETURN_TIMEOUT = 10.0
+RETURN_RATE = 5_000
 
 
 def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:
@@ -218,16 +219,23 @@ class _Snapshot:
 
 
 def _wait_until_back(connection: pika.BlockingConnection, queue: str, expected: int) -> None:
-    """Poll the queue's ready count until it reaches ``expected``, or until it stops growing
-    for RETURN_TIMEOUT (a concurrent replay may take messages meanwhile: then it never gets
-    there, and that is fine). The broker requeues a million handed-back messages over tens
-    of seconds on a busy machine, so the wait lasts as long as the count keeps growing."""
+    """Poll the queue's ready count until it reaches ``expected``; give up after RETURN_TIMEOUT
+    without growth, or later for a large return (a concurrent replay may take messages
+    meanwhile: then the count never gets there, and that is fine).
+
+    The broker may show a large return all at once after a pause: a million handed-back
+    messages reappeared after tens of seconds on a busy machine, so the first wait is sized
+    by the count (RETURN_RATE) and every growth restarts the no-progress timer."""
     channel = connection.channel()
-    last, deadline = -1, time.monotonic() + RETURN_TIMEOUT
+    returning = max(0, expected - channel.queue_declare(queue, passive=True).method.message_count)
+    last = -1
+    deadline = time.monotonic() + max(RETURN_TIMEOUT, returning / RETURN_RATE)
     try:
         while (ready := channel.queue_declare(queue, passive=True).method.message_count) < expected:
             if ready > last:
-                last, deadline = ready, time.monotonic() + RETURN_TIMEOUT
+                if last >= 0:
+                    deadline = max(deadline, time.monotonic() + RETURN_TIMEOUT)
+                last = ready
             elif time.monotonic() > deadline:
                 return
             connection.sleep(0.02)
