@@ -122,6 +122,11 @@ class RabbitNode:
 
     def start(self, timeout: float = 180.0) -> None:
         """Start the node (data kept from a previous run) and wait until AMQP answers."""
+        self.spawn()
+        self.wait_amqp(timeout)
+
+    def spawn(self) -> None:
+        """Start the server process without waiting for it."""
         log = (self.base / "server.out").open("ab")
         self.proc = subprocess.Popen(
             [_bin("rabbitmq-server")],
@@ -132,7 +137,6 @@ class RabbitNode:
             start_new_session=True,
         )
         log.close()
-        self.wait_amqp(timeout)
 
     def wait_amqp(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -174,17 +178,11 @@ class RabbitNode:
             )
         return result.stdout
 
-    def queues(self, *args: str, timeout: float = 120.0) -> str:
-        """``rabbitmq-queues -n NODE ...``."""
-        result = subprocess.run(
-            [_bin("rabbitmq-queues"), "-n", self.node, *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.base,
-        )
-        return result.stdout + result.stderr
+    def leaders(self) -> dict[str, str]:
+        """Queue name -> the node that leads it (quorum queues), as this node sees it."""
+        out = self.ctl("-q", "list_queues", "name", "leader", "--no-table-headers")
+        pairs = (line.split("\t") for line in out.splitlines() if "\t" in line)
+        return {name: leader.strip() for name, leader in pairs}
 
     def stop_app(self) -> None:
         self.ctl("stop_app")
@@ -301,8 +299,10 @@ def local_cluster(size: int = 3) -> Iterator[list[RabbitNode]]:
         prefix = uuid.uuid4().hex[:8]
         nodes = [RabbitNode(home, f"chaos-{prefix}-{i}") for i in range(size)]
         try:
+            for node in nodes:  # all at once: the VMs boot in parallel
+                node.spawn()
             for node in nodes:
-                node.start()
+                node.wait_amqp()
             for node in nodes[1:]:
                 node.ctl("stop_app")
                 node.ctl("join_cluster", nodes[0].node)

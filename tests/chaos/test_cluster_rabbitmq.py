@@ -1,0 +1,142 @@
+"""A 3-node RabbitMQ cluster on loopback with a quorum route: the router fails over.
+
+The test starts three nodes of its own (distinct names, AMQP and distribution ports, temp
+dirs), joins them with ``join_cluster``, and declares a quorum route (each queue replicated
+on all three). The router gets all three through the topology's ``hosts:``. While messages
+flow, the node that leads the DLQ is stopped; the router must be consuming again (through
+another node) before that node comes back. Then the node that leads a tier queue is stopped
+the same way (one at a time: two of three keep the quorum). At the end 0 are lost and
+duplicates are within the router's window per node stop.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dlq_router.names import rabbit_names
+from dlq_router.topology import parse_topology
+from tests.chaos.amqp_clients import AMQP_ERRORS, AmqpSender, AmqpWorker
+from tests.chaos.ledger import Faults, Ledger, Producer, report
+from tests.chaos.rabbit_node import RabbitNode, local_cluster
+from tests.chaos.test_chaos_rabbitmq import (
+    PREFETCH,
+    declare,
+    delete_topology,
+    parked_and_drained,
+    route_data,
+)
+from tests.integration.drivers import wait_for
+from tests.integration.rabbit_driver import RabbitDriver
+from tests.integration.router_process import RouterProcess, write_topology
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+
+N = 640
+RATE = 8.0  # messages per second: the producer sends for ~80 s, through both stops
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[RabbitNode]]:
+    with local_cluster(3) as nodes:
+        yield nodes
+
+
+def leader_of(nodes: list[RabbitNode], queue: str) -> RabbitNode:
+    for node in nodes:
+        if node.proc is None:
+            continue
+        with_leader = node.leaders().get(queue)
+        for candidate in nodes:
+            if candidate.node == with_leader:
+                return candidate
+    raise AssertionError(f"no leader found for {queue}")
+
+
+def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
+    cluster: list[RabbitNode], tmp_path: Path, uid: str
+) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    first, *others = cluster
+    data = {
+        "url": first.url,
+        "hosts": [f"127.0.0.1:{n.port}" for n in others],
+        "routes": [route_data(uid)],
+    }
+    topology = parse_topology(data, "<cluster>")
+    route = topology.routes[0]
+    names = rabbit_names(topology, route)
+    declare(write_topology(topology, tmp_path / "topology.yaml"))
+    ledger = Ledger.make(N, route.max_attempts, rng)
+    urls = [n.url for n in cluster]
+
+    router = RouterProcess(topology, tmp_path, args=("--prefetch", str(PREFETCH)))
+    stop = threading.Event()
+    sender = AmqpSender(urls, names)
+    producer = Producer(ledger, sender.send, RATE, AMQP_ERRORS, stop)
+    worker = AmqpWorker(urls, names, ledger, stop)
+    faults = Faults()
+    tier_queue = names.tiers[0].lanes[0].queue
+    stopped: list[str] = []
+
+    def retried() -> float:
+        return router.metric("dlq_router_dead_letters_total", route=uid)
+
+    def stop_leader_of(queue: str, kind: str) -> None:
+        node = leader_of(cluster, queue)
+        stopped.append(f"{queue} led by {node.node}")
+        node.stop()
+        faults.add(kind)
+        # While this node is down, the router consumes through another node: it is ready and
+        # retries keep arriving (the worker sees messages the router retried).
+        wait_for(router.ready, 120, f"the router consuming without {node.node}")
+        before = retried()
+        wait_for(lambda: retried() >= before + 10, 120, f"retries routed without {node.node}")
+        node.start()
+
+    started = time.monotonic()
+    driver: RabbitDriver | None = None
+    try:
+        router.start(timeout=60)
+        worker.start()
+        producer.start()
+        wait_for(lambda: producer.sent > N // 5, 60, "traffic")
+        stop_leader_of(names.dlq, "dlq_leader_stop")
+        stop_leader_of(tier_queue, "tier_leader_stop")
+        producer.join(timeout=300)
+        assert producer.sent == N, "the producer did not finish"
+        router.wait_ready(timeout=120)
+        # The test's driver takes one plain URL (pika's own URLParameters, no ?hosts=).
+        plain = parse_topology({**data, "hosts": []}, "<cluster>")
+        driver = RabbitDriver(plain, plain.routes[0])
+        parked = wait_for(
+            lambda: parked_and_drained(driver, ledger),  # type: ignore[arg-type]
+            timeout=240,
+            what="every id processed or parked, queues drained",
+        )
+        result = ledger.check(parked)
+        assert router.proc is not None and router.proc.poll() is None, "the router exited"
+    finally:
+        stop.set()
+        worker.join(15)
+        producer.join(15)
+        sender.close()
+        router.close()
+        if driver is not None:
+            driver.close()
+        delete_topology(first.url, topology)
+    line = report("rabbitmq-cluster", seed, result, faults, time.monotonic() - started)
+    line += f"; stopped: {'; '.join(stopped)}; worker re-handled {ledger.worker_rehandled}"
+    print(line)
+    assert "reconnecting to" in router.output, router.output[-2000:]
+    assert result.lost == [], f"{line}; lost {result.lost[:20]}\n{router.output[-3000:]}"
+    assert result.wrong == [], f"{line}; {result.wrong[:20]}"
+    assert result.processed == ledger.expected_processed(), line
+    bound = faults.total * PREFETCH + ledger.worker_rehandled + sender.uncertain
+    assert result.duplicates <= bound, f"{line}; bound {bound}"
