@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install brokers browser lint test bench demo clean
+.PHONY: install brokers browser lint test bench bench-attribution demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: install brokers
 	$(PY) tests/benchmarks/bench_redis_router.py
 	sleep 20
 	$(PY) tests/benchmarks/bench_parking.py
+
+# Where the broker's CPU per dead letter goes (shovels, router, one wire choice at a time).
+# Not part of `bench`: it takes 10-20 minutes. Pass options with ARGS="--n 20000 --repeats 5".
+bench-attribution: install brokers
+	$(PY) tests/benchmarks/bench_rabbit_attribution.py $(ARGS)
 
 demo: install brokers
 	$(VENV)/bin/dlq-router demo
