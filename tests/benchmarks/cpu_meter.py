@@ -114,3 +114,13 @@ def _restore(saved: dict[int, set[int]], mine: set[int]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(tid, cores)
     os.sched_setaffinity(0, mine)
+
+
+def erlang_pid(ctl_output: str) -> int:
+    """The OS pid printed by ``rabbitmqctl eval 'os:getpid().'`` (an Erlang string: ``"123"``
+    on the last line). Asking the node itself is exact where several ``beam.smp`` run."""
+    lines = [line.strip() for line in ctl_output.splitlines() if line.strip()]
+    text = lines[-1].strip('"') if lines else ""
+    if not (text.isascii() and text.isdecimal()) or not 0 < int(text) < 2**22:
+        raise ValueError(f"not an OS pid: {ctl_output!r}")
+    return int(text)
