@@ -33,12 +33,14 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,20 +190,55 @@ def wait_depth(ch: Any, queue: str, n: int, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+@dataclass(frozen=True)
+class Broker:
+    """The node measured: its AMQP URL, its Erlang VM's OS pid, and rabbitmqctl for it."""
+
+    url: str
+    pid: int
+    ctl: Callable[..., str]
+    own: bool
 
 
-def ensure_shovel_plugin() -> None:
+def shared_ctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+@contextlib.contextmanager
+def shared_node() -> Iterator[Broker]:
+    """The machine's RabbitMQ (``DLQ_ROUTER_URL``): other clients' traffic counts too."""
     plugins = subprocess.run(
         ["rabbitmq-plugins", "list", "-e", "rabbitmq_shovel"], capture_output=True, text=True
     )
     if "rabbitmq_shovel " not in plugins.stdout:
         print("enabling rabbitmq_shovel ...", flush=True)
         subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_shovel"], check=True)
+    yield Broker(URL, cpu.erlang_pid(shared_ctl("eval", "os:getpid().")), shared_ctl, own=False)
 
 
-def bench_topology(uid: str) -> Topology:
+@contextlib.contextmanager
+def own_node() -> Iterator[Broker]:
+    """A RabbitMQ node of this run's own on a free loopback port (tests/chaos/rabbit_node.py,
+    with rabbitmq_shovel enabled), stopped whatever happens: its CPU is this run's alone."""
+    sys.path.insert(0, str(HERE.parents[1]))
+    from tests.chaos.rabbit_node import RabbitNode, rabbit_home
+
+    with rabbit_home() as home:
+        node = RabbitNode(home, f"bench-{uuid.uuid4().hex[:8]}")
+        (node.base / "enabled_plugins").write_text("[rabbitmq_shovel].\n")
+        try:
+            print(f"starting RabbitMQ node {node.node} on 127.0.0.1:{node.port} ...", flush=True)
+            node.start()
+            pid = cpu.erlang_pid(node.ctl("eval", "os:getpid()."))
+            yield Broker(node.url, pid, node.ctl, own=True)
+        finally:
+            with contextlib.suppress(Exception):
+                node.stop()
+            node.kill()
+
+
+def bench_topology(uid: str, url: str) -> Topology:
     """``topologies/example.yaml``'s ``emails`` shape (5 tiers x 4 jitter lanes) with delays
     long enough that nothing expires during the run."""
     route = {
@@ -214,7 +251,7 @@ def bench_topology(uid: str) -> Topology:
             "jitter_lanes": 4,
         },
     }
-    return parse_topology({"url": URL, "routes": [route]}, source="<bench>")
+    return parse_topology({"url": url, "routes": [route]}, source="<bench>")
 
 
 def celery_props(i: int) -> pika.BasicProperties:
@@ -275,8 +312,9 @@ class Mover:
 
 
 class Shovel(Mover):
-    def __init__(self, name: str, uri: str, names: RabbitNames) -> None:
+    def __init__(self, broker: Broker, name: str, uri: str, names: RabbitNames) -> None:
         self.name = name
+        self.ctl = broker.ctl
         definition = {
             "src-protocol": "amqp091",
             "src-uri": uri,
@@ -287,10 +325,10 @@ class Shovel(Mover):
             "ack-mode": "on-confirm",
             "src-delete-after": "never",
         }
-        rabbitmqctl("set_parameter", "shovel", name, json.dumps(definition))
+        self.ctl("set_parameter", "shovel", name, json.dumps(definition))
 
     def stop(self) -> None:
-        rabbitmqctl("clear_parameter", "shovel", self.name)
+        self.ctl("clear_parameter", "shovel", self.name)
 
 
 class Process(Mover):
@@ -315,10 +353,12 @@ class Process(Mover):
 
 
 class WireClient(Process):
-    def __init__(self, wire: dict[str, Any], names: RabbitNames, n: int, log: Path) -> None:
+    def __init__(
+        self, url: str, wire: dict[str, Any], names: RabbitNames, n: int, log: Path
+    ) -> None:
         lanes = [lane.queue for lane in names.tiers[0].lanes][: wire["lanes"]]
         cfg = {
-            "url": URL,
+            "url": url,
             "queue": names.dlq,
             "n": n,
             "route": names.work_queue,
@@ -389,7 +429,7 @@ def measure(
     topology: Topology,
     names: RabbitNames,
     n: int,
-    broker: int,
+    broker: Broker,
     workdir: Path,
     uid: str,
 ) -> Run:
@@ -397,21 +437,21 @@ def measure(
     lanes = [lane.queue for lane in names.tiers[0].lanes]
     make_dead_letters(ch, names, n)
     time.sleep(1.0)  # let the broker finish writing them
-    before = cpu.cpu_seconds(broker)
+    before = cpu.cpu_seconds(broker.pid)
     time.sleep(1.0)
-    run.background_cores = cpu.cpu_seconds(broker) - before
+    run.background_cores = cpu.cpu_seconds(broker.pid) - before
     mover: Mover
-    tcp_uri = URL.replace("/%2F", "")  # the shovel's URI form for the default vhost
+    tcp_uri = broker.url.replace("/%2F", "")  # the shovel's URI form for the default vhost
     if case.kind == "tcp_shovel":
-        mover = Shovel(f"{uid}-tcp", tcp_uri, names)
+        mover = Shovel(broker, f"{uid}-tcp", tcp_uri, names)
     elif case.kind == "direct_shovel":
-        mover = Shovel(f"{uid}-direct", "amqp://", names)
+        mover = Shovel(broker, f"{uid}-direct", "amqp://", names)
     elif case.kind == "router":
         mover = router_mover(topology, workdir)
     else:
         wire = {**ROUTER_WIRE, **case.wire}
-        mover = WireClient(wire, names, n, workdir / f"client-{rep}.log")
-    pids = {"broker": broker}
+        mover = WireClient(broker.url, wire, names, n, workdir / f"client-{rep}.log")
+    pids = {"broker": broker.pid}
     if mover.pid is not None:
         pids["client"] = mover.pid
     try:
@@ -437,6 +477,8 @@ def spread(values: list[float], digits: int = 1) -> dict[str, float]:
 
 
 def fmt(s: dict[str, float]) -> str:
+    if not s:
+        return "-"
     return f"{s['median']:g} ({s['min']:g} to {s['max']:g})"
 
 
@@ -544,33 +586,64 @@ def main() -> None:
     parser.add_argument(
         "--only", default="", help="comma-separated configuration names (default: all)"
     )
+    parser.add_argument(
+        "--shared-node",
+        action="store_true",
+        help="measure the machine's RabbitMQ (DLQ_ROUTER_URL) instead of a node of its own",
+    )
     args = parser.parse_args()
     # Every ratio is against the TCP shovel, every saving against the router-wire client.
     wanted = {"TCP shovel", ROUTER_LIKE, *args.only.split(",")} if args.only else None
     cases = [c for c in CASES if wanted is None or c.name in wanted]
-    broker = cpu.broker_pid()
-    if broker is None:
-        raise SystemExit("no local RabbitMQ node found: the broker's CPU cannot be read")
-    ensure_shovel_plugin()
+    # Started in the background, a script inherits SIGINT ignored: make both signals clean up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with shared_node() if args.shared_node else own_node() as broker:
+        runs = run_all(args, cases, broker)
+    summary = summarise(runs, cases)
+    print_tables(summary)
+    print(
+        json.dumps(
+            {
+                "benchmark": "rabbit_attribution",
+                "n": args.n,
+                "repeats": args.repeats,
+                "own_node": broker.own,
+                "load_avg_end": round(os.getloadavg()[0], 1),
+                **summary,
+                "runs": [raw(r) for r in runs],
+            }
+        )
+    )
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run_all(args: Any, cases: list[Case], broker: Broker) -> list[Run]:
     uid = "attr" + uuid.uuid4().hex[:8]
-    topology = bench_topology(uid)
+    topology = bench_topology(uid, broker.url)
     names = rabbit_names(topology, topology.routes[0])
-    conn = connect(URL, client_name="dlq-router bench attribution")
+    conn = connect(broker.url, client_name="dlq-router bench attribution")
     ch = conn.channel()
     runs: list[Run] = []
-    load = os.getloadavg()[0]
+    where = "a node of its own" if broker.own else "the shared node"
     print(
         f"N={args.n} dead letters of {len(BODY)} B per configuration, {args.repeats} repeats, "
-        f"{len(cases)} configurations; {cpu.CORES} cores shared by everything; "
-        f"load average {load:.1f} at the start",
+        f"{len(cases)} configurations, on {where} (pid {broker.pid}); {cpu.CORES} cores shared "
+        f"with everything else; load average {os.getloadavg()[0]:.1f} at the start",
         flush=True,
     )
-    declare(conn, URL, topology_specs(topology), dry_run=False)
+    declare(conn, broker.url, topology_specs(topology), dry_run=False)
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            warm = next(c for c in CASES if c.name == ROUTER_LIKE)
+            measure(warm, -1, ch, topology, names, args.n // 3, broker, workdir, uid)
             for rep in range(args.repeats):
                 for case in cases:
-                    run = measure(case, rep, ch, topology, names, args.n, broker, Path(tmp), uid)
+                    run = measure(case, rep, ch, topology, names, args.n, broker, workdir, uid)
                     runs.append(run)
                     print(
                         f"[{rep}] {case.name:24} {run.rate:7.0f} msg/s  broker "
@@ -580,23 +653,8 @@ def main() -> None:
                     )
                     time.sleep(1.0)
     finally:
-        cleanup(conn, topology, uid)
-    summary = summarise(runs, cases)
-    print_tables(summary)
-    load_end = os.getloadavg()[0]
-    print(
-        json.dumps(
-            {
-                "benchmark": "rabbit_attribution",
-                "n": args.n,
-                "repeats": args.repeats,
-                "load_avg_start": round(load, 1),
-                "load_avg_end": round(load_end, 1),
-                **summary,
-                "runs": [raw(r) for r in runs],
-            }
-        )
-    )
+        cleanup(conn, broker, topology, uid)
+    return runs
 
 
 def raw(r: Run) -> dict[str, Any]:
@@ -615,12 +673,12 @@ def raw(r: Run) -> dict[str, Any]:
     }
 
 
-def cleanup(conn: Any, topology: Topology, uid: str) -> None:
+def cleanup(conn: Any, broker: Broker, topology: Topology, uid: str) -> None:
     for name in (f"{uid}-tcp", f"{uid}-direct"):
-        with contextlib.suppress(subprocess.CalledProcessError):
-            rabbitmqctl("clear_parameter", "shovel", name)
+        with contextlib.suppress(Exception):  # already cleared after its run
+            broker.ctl("clear_parameter", "shovel", name)
     with contextlib.suppress(Exception):
-        ch = conn.channel() if conn.is_open else connect(URL).channel()
+        ch = conn.channel() if conn.is_open else connect(broker.url).channel()
         for spec in topology_specs(topology):
             if isinstance(spec, QueueSpec):
                 ch.queue_delete(spec.name)
