@@ -23,8 +23,12 @@ and the CPU of the broker (``beam.smp``, /proc) and of the client over the same 
 per message. The configurations run round-robin, ``--repeats`` times, so drift spreads over
 all of them; the script prints medians and spreads, a markdown table of each factor's
 share of the broker's extra CPU per message, and one JSON line. It never pins CPUs.
-Everything it creates (queues, exchanges, shovel parameters) has a unique name and is
-deleted at the end.
+
+By default it starts a RabbitMQ node of its own on a free loopback port
+(``tests/chaos/rabbit_node.py``, ``rabbitmq_shovel`` enabled) and stops it at the end, so the
+broker's CPU is this run's alone; ``--shared-node`` measures the machine's node instead
+(``DLQ_ROUTER_URL``), whose CPU includes every other client's traffic. Everything it creates
+(queues, exchanges, shovel parameters) has a unique name and is deleted at the end.
 """
 
 from __future__ import annotations
