@@ -32,7 +32,7 @@ def replay(
     all_: cli.AllOpt = False,
     to_route: Annotated[
         str | None,
-        typer.Option("--to-route", help="Send to this route's work queue instead of the origin."),
+        typer.Option("--to-route", help="Send to this route's work queue instead of its own."),
     ] = None,
     keep_attempts: Annotated[
         bool, typer.Option("--keep-attempts", help="Keep the attempt counter (default: reset).")
@@ -45,7 +45,7 @@ def replay(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Send the selected parked messages back to their original exchange and routing key.
+    """Send the selected parked messages back to their route's work exchange and routing key.
 
     A message leaves the parking lot only once the broker confirmed its republish, so an
     interrupted replay loses nothing and can be run again. A selector or --all is required.

@@ -77,19 +77,22 @@ def test_a_second_concurrent_reader_sees_only_what_is_not_held(
 
 
 def test_replay_failures_stay_parked_and_exit_5(
-    make_topology: TopologyFactory, uid: str, tmp_path: Path
+    make_topology: TopologyFactory, uid: str, tmp_path: Path, amqp: Any
 ) -> None:
-    topology = make_topology()
-    route = topology.routes[0]
+    """Destinations come from the topology, so a failing one is a route whose exchange was
+    deleted (gone) or whose work queue was unbound (lost) since declare."""
+    topology = make_topology(routes=[route_dict(uid), route_dict(uid + "b"), route_dict(uid + "c")])
+    route, gone, lost = topology.routes
     path = write_topology(topology, tmp_path / "t.yaml")
     driver = RabbitParkDriver(topology)
     try:
-        # Failures between successes: acks of the ones that left must not touch them.
         driver.park(route, [Parked("ok1")])
-        driver.park(route, [Parked("gone", extra={"dlq-origin-exchange": uid + ".missing"})])
+        driver.park(gone, [Parked("gone")])
         driver.park(route, [Parked("ok2")])
-        driver.park(route, [Parked("lost", extra={"dlq-origin-routing-key": "unbound-key"})])
+        driver.park(lost, [Parked("lost")])
         driver.park(route, [Parked("ok3")])
+        amqp.exchange_delete(gone.exchange)
+        amqp.queue_unbind(lost.queue, lost.exchange, routing_key=lost.routing_key)
         result = cli("replay", "-t", path, "--all", "--json")
         assert result.exit_code == 5, result.output
         summary = json_lines(result.stdout)[-1]
@@ -98,7 +101,8 @@ def test_replay_failures_stay_parked_and_exit_5(
         assert "does not exist" in errors["gone"] and "unroutable" in errors["lost"]
         work = [w.headers["id"] for w in driver.work(route)]
         assert work == ["task-ok1", "task-ok2", "task-ok3"]
-        assert [i for i, _ in driver.drain_parked(route)] == ["gone", "lost"]
+        assert [i for i, _ in driver.drain_parked(gone)] == ["gone"]
+        assert [i for i, _ in driver.drain_parked(lost)] == ["lost"]
     finally:
         driver.close()
 

@@ -381,14 +381,11 @@ class RabbitParkingLot:
     # ----------------------------------------------------------------- moving
 
     def _destination(self, msg: ParkedMessage, to_route: Route | None) -> tuple[str, str]:
-        """(exchange, routing key): --to-route, else the recorded origin, else its route."""
-        if to_route is None:
-            exchange = h.as_text(msg.headers.get(h.ORIGIN_EXCHANGE))
-            key = h.as_text(msg.headers.get(h.ORIGIN_ROUTING_KEY))
-            if exchange is not None and key is not None:
-                return exchange, key
-            to_route = self.topology.route(msg.route)
-        names = rabbit_names(self.topology, to_route)
+        """(exchange, routing key) from the topology: --to-route's, else those of the route
+        whose parking queue held the message (where its retries go too). Never from the
+        message's ``dlq-origin-*`` headers: anyone who can dead-letter a message can write
+        them, and a replay would then publish into any exchange the operator may write to."""
+        names = rabbit_names(self.topology, to_route or self.topology.route(msg.route))
         return names.work_exchange, names.routing_key
 
     def replay(
