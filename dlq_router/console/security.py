@@ -44,7 +44,9 @@ class Guard:
         nonce, dot, mac = (cookie or "").partition(".")
         if not dot or not nonce:
             return None
-        return nonce if hmac.compare_digest(mac, self._sign("session", nonce)) else None
+        # Bytes: compare_digest refuses str with non-ASCII characters (a foreign cookie).
+        expected = self._sign("session", nonce).encode("utf-8")
+        return nonce if hmac.compare_digest(mac.encode("utf-8"), expected) else None
 
     def csrf(self, session: str) -> str:
         return self._sign("csrf", session)
@@ -52,4 +54,4 @@ class Guard:
     def csrf_ok(self, session: str | None, field: str | None) -> bool:
         if session is None or not field:
             return False
-        return hmac.compare_digest(field, self.csrf(session))
+        return hmac.compare_digest(field.encode("utf-8"), self.csrf(session).encode("utf-8"))
