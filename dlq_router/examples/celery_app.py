@@ -100,10 +100,12 @@ def send_email(self: Any, address: str, log: str | None = None) -> str:
 
 
 @task("example.slow")
-def slow(self: Any, seconds: float, log: str | None = None) -> str:
-    """Sleeps (a test SIGKILLs the pool process meanwhile)."""
+def slow(self: Any, seconds: float, log: str | None = None, first_run_only: bool = False) -> str:
+    """Sleeps (a test SIGKILLs the pool process meanwhile); on retries too unless
+    ``first_run_only``."""
     _record(log, self, "start")
-    time.sleep(seconds)
+    if not (first_run_only and self.request.get("dlq-attempts")):
+        time.sleep(seconds)
     _record(log, self, "done")
     return "slept"
 

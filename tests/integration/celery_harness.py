@@ -66,7 +66,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = ""
 class Worker:
     """One ``celery worker`` subprocess with its log in a file."""
 
-    def __init__(self, stack: CeleryStack, name: str) -> None:
+    def __init__(self, stack: CeleryStack, name: str, queues: list[str]) -> None:
         self.stack = stack
         self.log_path = stack.workdir / f"worker-{name}.log"
         env = {
@@ -80,7 +80,7 @@ class Worker:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tests.integration.celery_test_app",
-                 "worker", "-Q", ",".join(stack.queues), "-P", "prefork", "-c", "2",
+                 "worker", "-Q", ",".join(queues), "-P", "prefork", "-c", "2",
                  "--without-mingle", "--without-gossip", "--without-heartbeat",
                  "-l", "info", "-n", f"{stack.uid}-{name}@localhost"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -125,6 +125,8 @@ class CeleryStack:
             routes = [
                 _route(f"{self.uid}-classic"),
                 _route(f"{self.uid}-quorum", queue_type="quorum"),
+                # consumed only by the worker started after declare (delivery-count test)
+                _route(f"{self.uid}-redeliver", queue_type="quorum"),
             ]
             url, self.celery_url = RABBIT_URL, CELERY_RABBIT
         else:
@@ -132,6 +134,7 @@ class CeleryStack:
             url, self.celery_url = REDIS_URL, REDIS_URL
         self.topology: Topology = parse_topology({"url": url, "routes": routes}, "<celery test>")
         self.queues = [r.queue for r in self.topology.routes]
+        self.main_queues = [q for q in self.queues if not q.endswith("-redeliver")]
         self.topology_path = write_topology(self.topology, workdir / "topology.yaml")
         self.workers: list[Worker] = []
         self.router: RouterProcess | None = None
@@ -150,8 +153,8 @@ class CeleryStack:
         self.router = RouterProcess(self.topology, self.workdir).start()
         return self
 
-    def start_worker(self, name: str) -> Worker:
-        worker = Worker(self, name)
+    def start_worker(self, name: str, queues: list[str] | None = None) -> Worker:
+        worker = Worker(self, name, queues or self.main_queues)
         self.workers.append(worker)
         worker.wait_ready()
         return worker
