@@ -8,7 +8,8 @@ other way in), read once in :func:`build_app`:
 |---|---|
 | ``BENCH_BROKER`` | broker URL (``amqp://.../<vhost>`` or ``redis://...``) |
 | ``BENCH_QUEUE`` | the work queue (unique per contender and run) |
-| ``BENCH_MODE`` | ``retry`` (``self.retry(countdown=...)``), ``native`` (the same, on quorum queues: Celery's native delayed delivery) or ``dlq`` (``dlq_router.celery.configure``) |
+| ``BENCH_MODE`` | ``retry``: ``self.retry(countdown=...)``; ``native``: the same on a quorum |
+|   | queue (Celery's native delayed delivery); ``dlq``: ``dlq_router.celery.configure`` |
 | ``BENCH_BACKOFF`` | countdowns in seconds per retry, comma separated; the last repeats |
 | ``BENCH_TRACK`` | Redis URL where every run is counted |
 | ``BENCH_TRACK_KEY`` | key prefix of the counters (``<key>:runs``, ``<key>:done``) |
@@ -29,6 +30,8 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
+
+from dlq_router.topology import load_topology
 
 
 class Transient(Exception):
@@ -79,8 +82,7 @@ def build_app(env: Mapping[str, str]) -> Celery:
         app.conf.task_default_exchange_type = "topic"
         app.conf.broker_transport_options = {"confirm_publish": True}
     if mode == "dlq":
-        from dlq_router.celery import configure
-        from dlq_router.topology import load_topology
+        from dlq_router.celery import configure  # only this contender needs the drop-in
 
         configure(app, load_topology(env["BENCH_TOPOLOGY"]))
     return app

@@ -8,8 +8,10 @@ deletes exactly those: the vhost, or the keys whose name holds the unique queue 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,11 +178,12 @@ class Instance:
         return proc
 
     def start_worker(self, concurrency: int) -> subprocess.Popen[bytes]:
+        level = os.environ.get("BENCH_WORKER_LOGLEVEL", "warning")
         self.workers_started += 1
         self.worker = self._spawn(
             [sys.executable, "-m", "celery", "-A", "tests.benchmarks.celery_bench_app", "worker",
              "-P", "prefork", "-c", str(concurrency), "-Q", self.queue,
-             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "warning",
+             "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", level,
              "-n", f"{self.name}-{self.workers_started}@localhost"],
             "worker",
         )  # fmt: skip
@@ -204,10 +207,8 @@ class Instance:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         # Pool children normally exit with the parent; make sure none of ours linger.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return time.monotonic() - started
 
     def cleanup(self) -> None:
@@ -218,6 +219,7 @@ class Instance:
                 rabbitmqctl("delete_vhost", self.vhost)
             except Exception as exc:
                 print(f"  (cleanup: could not delete vhost {self.vhost}: {exc})", file=sys.stderr)
+        shutil.rmtree(self.tmp, ignore_errors=True)
         with redis.Redis.from_url(REDIS_URL) as client:
             patterns = [f"{self.track_key}:*"]
             if self.spec.broker == "redis":
