@@ -223,6 +223,10 @@ def scenario_wait(run: Run, n: int, fresh: int) -> Row:
     f["unacked_after_fresh"] = held_after.get("worker (unacked)", 0)
     window = time.monotonic() - snapshot_at
     f["intake_per_s"] = round((f["unacked_after_fresh"] - f["unacked"]) / window, 2)
+    ahead = held.get("work queue (ready)", 0)
+    if f["fresh_s"] is None and ahead and f["intake_per_s"] > 0:
+        # At the measured intake, when the worker would reach the first fresh task.
+        f["fresh_start_estimate_s"] = round(ahead / f["intake_per_s"])
     f["rss_peak_mb"] = round(run.rss_peak[0] / 1024, 1)
     f["rss_tree_peak_mb"] = round(run.rss_peak[1] / 1024, 1)
 
@@ -361,7 +365,12 @@ def wait_cells(row: Row) -> list[str]:
         _s(f["fresh_s"])
         if f["fresh_s"] is not None
         else f"not done in {f['fresh_timeout_s']:g} s ({f['fresh_done']}/{f['fresh']} ran;"
-        f" worker took in {f['intake_per_s']:g} retries/s)"
+        f" worker took in {f['intake_per_s']:g} retries/s"
+        + (
+            f", would reach them in ~{f['fresh_start_estimate_s'] / 60:.0f} min)"
+            if "fresh_start_estimate_s" in f
+            else ")"
+        )
     )
     rss = f"{f['rss_mb']} MB (idle {f['rss_idle_mb']}, peak {f['rss_peak_mb']})"
     if "router_rss_mb" in f:
