@@ -35,17 +35,33 @@ def _count(value: object) -> int:
     return value
 
 
-def parse_queue_listing(text: str) -> dict[str, QueueCounts]:
+def _json_list(text: str) -> list[object] | None:
+    """The JSON list in ``text``: all of it, or from the first line starting with ``[`` to
+    the last ``]`` (a busy node's rabbitmqctl may print warning lines around it)."""
+    candidates = [text]
+    start = next((i for i, line in enumerate(text.splitlines()) if line.startswith("[")), None)
+    if start is not None:
+        tail = "\n".join(text.splitlines()[start:])
+        candidates.append(tail[: tail.rfind("]") + 1])
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(value, list):
+            return value
+    return None
+
+
+def parse_queue_listing(text: str) -> dict[str, QueueCounts] | None:
     """``rabbitmqctl list_queues name messages_ready messages_unacknowledged --formatter json``.
 
-    Rows without a string ``name`` are skipped; text that is not a JSON list gives ``{}``.
+    ``None`` when ``text`` holds no JSON list (the caller must not read that as "no
+    queues"); rows without a string ``name`` are skipped.
     """
-    try:
-        rows = json.loads(text)
-    except ValueError:
-        return {}
-    if not isinstance(rows, list):
-        return {}
+    rows = _json_list(text)
+    if rows is None:
+        return None
     out: dict[str, QueueCounts] = {}
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
@@ -71,12 +87,17 @@ def rabbitmqctl(*args: str) -> str:
 
 
 def queue_counts(vhost: str) -> dict[str, QueueCounts]:
-    return parse_queue_listing(
-        rabbitmqctl(
+    """Every queue of ``vhost`` with its counts; raises if rabbitmqctl's answer is unreadable."""
+    text = ""
+    for _ in range(3):
+        text = rabbitmqctl(
             "list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged",
             "--formatter", "json",
-        )
-    )  # fmt: skip
+        )  # fmt: skip
+        counts = parse_queue_listing(text)
+        if counts is not None:
+            return counts
+    raise RuntimeError(f"rabbitmqctl list_queues: unreadable output: {text[:200]!r}")
 
 
 def parse_vm_rss_kib(status: str) -> int | None:
