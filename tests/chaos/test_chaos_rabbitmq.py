@@ -30,6 +30,7 @@ from dlq_router.topology import Topology, parse_topology
 from tests.chaos.amqp_clients import AMQP_ERRORS, AmqpSender, AmqpWorker
 from tests.chaos.ledger import (
     NON_RETRYABLE_ERROR,
+    SCALE,
     Faults,
     Ledger,
     Producer,
@@ -42,7 +43,7 @@ from tests.integration.drivers import wait_for
 from tests.integration.rabbit_driver import RabbitDriver
 from tests.integration.router_process import RouterProcess, write_topology
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900 * SCALE)]
 
 ROUNDS = 6  # faults per CHAOS_SCALE: each kind once, then at random
 RATE = 40.0  # messages per second: the producer is still sending while faults happen
@@ -155,7 +156,7 @@ def test_rabbitmq_chaos_ledger(running_node: RabbitNode, tmp_path: Path, uid: st
         driver = RabbitDriver(topology, route)
         parked = wait_for(
             lambda: parked_and_drained(driver, ledger),  # type: ignore[arg-type]
-            timeout=240,
+            timeout=240 * SCALE,  # the backlog grows with the size; the machine may be loaded
             what="every id processed or parked, queues drained",
         )
         result = ledger.check(parked)

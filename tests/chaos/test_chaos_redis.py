@@ -30,6 +30,7 @@ from dlq_router.names import RedisKeys, redis_keys
 from dlq_router.topology import Topology, parse_topology
 from tests.chaos.ledger import (
     NON_RETRYABLE_ERROR,
+    SCALE,
     Faults,
     Ledger,
     Producer,
@@ -42,7 +43,7 @@ from tests.integration.redis_cluster import LocalRedis, local_server
 from tests.integration.redis_driver import RedisDriver, kombu_envelope
 from tests.integration.router_process import RouterProcess, write_topology
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600 * SCALE)]
 
 REDIS_ARGS = (
     "--appendonly", "yes",
@@ -77,6 +78,7 @@ class Worker(threading.Thread):
         self.processing = f"{keys.work}:chaos-processing"
         self.ledger, self.stop = ledger, stop
         self.errors = 0
+        self.last_error = ""
 
     def run(self) -> None:
         recover = True
@@ -90,8 +92,9 @@ class Worker(threading.Thread):
                 raw = self.client.blmove(self.work, self.processing, 0.5, "RIGHT", "LEFT")
                 if raw is not None:
                     self.handle(raw)
-            except REDIS_ERRORS:
+            except redis.RedisError as exc:  # LOADING, a lost reply, a refused connection
                 self.errors += 1
+                self.last_error = repr(exc)
                 recover = True
                 self.stop.wait(0.1)
 
@@ -198,8 +201,9 @@ def test_redis_chaos_ledger(server: LocalRedis, tmp_path: Path, uid: str) -> Non
 
             wait_for(
                 lambda: ledger.done(mid for mid, _ in parked()),
-                timeout=180,
-                what=f"every id processed or parked (counts {driver.counts()})",
+                timeout=180 * SCALE,  # the backlog grows with the size; the machine may be loaded
+                what=f"every id processed or parked (counts {driver.counts()}, worker alive "
+                f"{worker.is_alive()}, its last error {worker.last_error})",
             )
             wait_for(
                 lambda: (
