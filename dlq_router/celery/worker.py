@@ -185,6 +185,7 @@ class DeadLetterRequest:
             )  # fmt: skip
             req.reject(requeue=True)
             return None
+        req._dlq_router_handed_off = True
         # The pool process stored the state of an ordinary failure already (patch_backend);
         # a lost pool process, a Reject or a failure outside the task could not.
         if worker_lost or isinstance(exc, Reject) or not return_ok:
@@ -201,6 +202,19 @@ class DeadLetterRequest:
             req.send_event("task-retried", exception=repr(exc), traceback=tb or "")
         req.acknowledge()
         return None
+
+    def on_timeout(self, soft: bool, timeout: float) -> Any:
+        """A hard time limit reaches ``on_failure`` first (billiard), which hands the
+        message off and acks it; Celery's own handling would then store FAILURE over the
+        RETRY and reject again, so it is skipped for a message handed off."""
+        req: Any = self
+        if not soft and getattr(req, "_dlq_router_handed_off", False):
+            log.error(
+                "Hard time limit (%ss) exceeded for %s[%s]; handed to the router",
+                timeout, req.name, req.id,
+            )  # fmt: skip
+            return None
+        return super().on_timeout(soft, timeout)  # type: ignore[misc]
 
 
 def request_class(task: Any) -> type:

@@ -154,6 +154,26 @@ class CeleryCases:
         ], got
         assert got[1]["pid"] != first["pid"]
 
+    def test_hard_time_limit_is_a_failed_attempt(
+        self, stack: CeleryStack, queue: str, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "runs.jsonl"
+        result = stack.client.send_task(
+            "example.slow",
+            args=[30],
+            kwargs={"log": str(log), "first_run_only": True},
+            queue=queue,
+            time_limit=2,
+        )
+        states = StateWatch(result).until_ready(60)
+        assert states[-1] == "SUCCESS" and "RETRY" in states and "FAILURE" not in states, states
+        got = runs(log)
+        assert [(r["event"], r["attempts"]) for r in got] == [
+            ("start", None),
+            ("start", 1),
+            ("done", 1),
+        ], got
+
     def test_task_that_kills_its_pool_process_every_time_ends_parked(
         self, stack: CeleryStack, queue: str, tmp_path: Path
     ) -> None:
