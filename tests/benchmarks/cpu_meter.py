@@ -19,8 +19,11 @@ CORES = os.cpu_count() or 1
 
 
 def broker_pid() -> int | None:
-    """The RabbitMQ node's Erlang VM on this machine, if one runs here."""
-    found = subprocess.run(["pgrep", "-f", "beam.smp.*rabbit"], capture_output=True, text=True)
+    """The RabbitMQ node's Erlang VM on this machine, if one runs here: the oldest one
+    (tests may start nodes of their own beside it, for a short while)."""
+    found = subprocess.run(
+        ["pgrep", "-o", "-f", "beam.smp.*rabbit"], capture_output=True, text=True
+    )
     pids = [int(p) for p in found.stdout.split()]
     return pids[0] if pids else None
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import inspect
 import struct
+from typing import Any
 
 import pika
+import pika.channel
 import pika.connection
 import pika.frame
 import pytest
@@ -77,3 +79,94 @@ def test_install_replaces_read_frame_on_that_connection_only() -> None:
     consumed, frame = conn._read_frame()  # type: ignore[attr-defined]
     assert consumed == len(Fake._frame_buffer) and isinstance(frame.properties, wire.Properties)
     assert pika.connection.Connection._read_frame is not conn._read_frame  # type: ignore[attr-defined]
+
+
+def test_pika_sends_a_message_as_frames_cut_at_body_max_length() -> None:
+    send = inspect.getsource(pika.connection.Connection._send_message)
+    assert "self._body_max_length" in send
+    assert "self._output_marshaled_frames(marshaled_body_frames)" in send
+
+
+@pytest.mark.parametrize("body", [b"", b"short", bytes(range(256)) * 3])
+@pytest.mark.parametrize("mandatory", [True, False])
+def test_publisher_writes_the_frames_pika_would(body: bytes, mandatory: bool) -> None:
+    class Conn:
+        _body_max_length = 100
+
+        def __init__(self) -> None:
+            self.sent: list[list[bytes]] = []
+
+        def _output_marshaled_frames(self, frames: list[bytes]) -> None:
+            self.sent.append(frames)
+
+    class Chan:
+        channel_number = 3
+        is_open = True
+
+    props = pika.BasicProperties(message_id="m", headers={"a": 1, "é": "ü"}, delivery_mode=2)
+    conn, chan = Conn(), Chan()
+    publisher = rawframes.Publisher(conn, chan)
+    publisher.publish("ex", "key.é", body, b"".join(props.encode()), mandatory=mandatory)
+    publisher.publish("ex", "key.é", body, b"".join(props.encode()), mandatory=mandatory)
+    method = spec.Basic.Publish(exchange="ex", routing_key="key.é", mandatory=mandatory)
+    expected = [
+        pika.frame.Method(3, method).marshal(),
+        pika.frame.Header(3, len(body), props).marshal(),
+        *(pika.frame.Body(3, body[i : i + 100]).marshal() for i in range(0, len(body), 100)),
+    ]
+    assert conn.sent == [expected, expected]
+    chan.is_open = False
+    with pytest.raises(pika.exceptions.ChannelWrongStateError):
+        publisher.publish("ex", "k", body, b"", mandatory=True)
+
+
+def test_pika_processes_each_frame_through_process_frame_and_channel_on_deliver() -> None:
+    loop = inspect.getsource(pika.connection.Connection._on_data_available)
+    assert "self._process_frame(frame_value)" in loop
+    deliver = inspect.getsource(pika.connection.Connection._deliver_frame_to_channel)
+    assert "self._channels[value.channel_number]._handle_content_frame(value)" in deliver
+    params = list(inspect.signature(pika.channel.Channel._on_deliver).parameters)
+    assert params == ["self", "method_frame", "header_frame", "body"]
+
+
+def test_deliveries_are_assembled_and_everything_else_goes_to_pika() -> None:
+    delivered: list[tuple[Any, Any, bytes]] = []
+    to_pika: list[Any] = []
+
+    class Chan:
+        def _on_deliver(self, method: Any, header: Any, body: bytes) -> None:
+            delivered.append((method, header, body))
+
+    class Conn:
+        frames_received = 0
+        _channels = {1: Chan()}
+
+        def _process_frame(self, value: Any) -> None:
+            to_pika.append(value)
+
+    conn = Conn()
+    process = rawframes.Deliveries(conn)
+    deliver = pika.frame.Method(1, spec.Basic.Deliver("ctag", 7, False, "ex", "rk"))
+    ack = pika.frame.Method(1, spec.Basic.Ack(3))
+    empty = pika.frame.Header(1, 0, wire.Properties([None] * len(wire.FIELDS), None))
+    two = pika.frame.Header(1, 6, wire.Properties([None] * len(wire.FIELDS), None))
+    for value in (
+        deliver,
+        empty,
+        ack,
+        deliver,
+        two,
+        pika.frame.Heartbeat(),  # channel 0, between content frames: pika's
+        pika.frame.Body(1, b"abc"),
+        pika.frame.Body(1, b"def"),
+    ):
+        process(value)
+    assert [(m, h, b) for m, h, b in delivered] == [
+        (deliver, empty, b""),
+        (deliver, two, b"abcdef"),
+    ]
+    assert len(to_pika) == 2 and to_pika[0] is ack
+    assert conn.frames_received == 6
+    # a delivery for a channel pika does not know goes to pika (which logs it)
+    process(pika.frame.Method(9, spec.Basic.Deliver("c", 1, False, "e", "r")))
+    assert len(to_pika) == 3

@@ -197,6 +197,7 @@ class Router:
         )
         self.connection: Any = None
         self.channel: Any = None
+        self.publisher: rawframes.Publisher | None = None
         self.generation = 0
         self._reset()
 
@@ -340,6 +341,7 @@ class Router:
 
     def _on_channel_open(self, channel: Any) -> None:
         self.channel = channel
+        self.publisher = rawframes.Publisher(self.connection, channel)
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
@@ -466,11 +468,11 @@ class Router:
         out = decision.headers
         out[h.PUBLISH_ID] = seq
         props.table = p.table.splice(out)
-        encoded = message.Encoded(props)
-        if encoded.size > self.frame_max:
+        (encoded,) = props.encode()
+        if len(encoded) + message.HEADER_FRAME_OVERHEAD > self.frame_max:
             decision = p.decision = self._shrink(p, seq)
-            encoded = message.Encoded(props)
-            if encoded.size > self.frame_max:
+            (encoded,) = props.encode()
+            if len(encoded) + message.HEADER_FRAME_OVERHEAD > self.frame_max:
                 r.failures["oversized"].inc()
                 self._hold(p, "oversized")
                 return
@@ -480,7 +482,9 @@ class Router:
         else:
             exchange, key = "", r.names.parking
         p.returned = False
-        self.channel.basic_publish(exchange, key, p.body, encoded, mandatory=True)
+        if self.publisher is None:
+            raise pe.ChannelWrongStateError("no open channel")
+        self.publisher.publish(exchange, key, p.body, encoded, mandatory=True)
         self.seq = seq
         self.pending[seq] = p
 

@@ -87,6 +87,7 @@ _DEATH_NAMES = frozenset(
 X_DEATH = b"x-death"
 X_FIRST_DEATH_REASON = b"x-first-death-reason"
 ROUTER_PREFIX = b"dlq-"
+_D_OR_X = frozenset(b"dx")
 
 
 class Raw:
@@ -131,15 +132,27 @@ def value_end(buf: bytes, pos: int, end: int) -> int:
 def scan(buf: bytes, start: int, end: int) -> tuple[list[tuple[bytes, int, int, int]], int]:
     """One table level: ``(name, entry start, value start, entry end)`` per entry, and where
     readable entries stop (``end`` unless the rest could not be sized: it is then one
-    opaque tail, ``buf[stop:end]``)."""
+    opaque tail, ``buf[stop:end]``). ``value_end`` inlined: this runs for every entry of
+    every dead letter."""
     entries: list[tuple[bytes, int, int, int]] = []
+    append = entries.append
+    fixed_sizes, sized, u32 = _FIXED, _SIZED, _U32.unpack_from
     pos = start
     while pos < end:
         value = pos + 1 + buf[pos]
-        stop = value_end(buf, value, end)
-        if stop < 0:
+        if value >= end:
             return entries, pos
-        entries.append((buf[pos + 1 : value], pos, value, stop))
+        kind = buf[value]
+        fixed = fixed_sizes.get(kind)
+        if fixed is not None:
+            stop = value + 1 + fixed
+        elif kind in sized and value + 5 <= end:
+            stop = value + 5 + u32(buf, value + 1)[0]
+        else:
+            return entries, pos
+        if stop > end:
+            return entries, pos
+        append((buf[pos + 1 : value], pos, value, stop))
         pos = stop
     return entries, end
 
@@ -179,6 +192,21 @@ def text(value: Any) -> str | None:
     return None
 
 
+_DEATH_FIELDS = {
+    b"exchange": "exchange",
+    b"queue": "queue",
+    b"reason": "reason",
+    b"original-expiration": "original-expiration",
+}
+
+
+def _short_text(buf: bytes, value: int, end: int) -> str | None:
+    """An ``S`` value as text (lossy on bad UTF-8); None for any other type."""
+    if buf[value] != 83:  # S
+        return None
+    return buf[value + 5 : end].decode("utf-8", "replace")
+
+
 def newest_death(buf: bytes, pos: int, stop: int) -> dict[str, Any]:
     """Fields of the first (newest) table of an ``x-death`` array; {} if it is not one."""
     if buf[pos] != 65 or stop - pos < 10 or buf[pos + 5] != 70:  # A, then F
@@ -188,14 +216,15 @@ def newest_death(buf: bytes, pos: int, stop: int) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     entries, _ = scan(buf, pos + 10, first_end)
+    wanted = _DEATH_FIELDS
     for name, _start, value, end in entries:
-        if name == b"routing-keys":
-            if buf[value] == 65 and end - value > 5:  # the first key of the array
-                key_end = value_end(buf, value + 5, end)
-                if key_end > 0:
-                    out["routing-keys"] = text(read_value(buf, value + 5, key_end))
-        elif name in (b"exchange", b"queue", b"reason", b"original-expiration"):
-            out[name.decode()] = text(read_value(buf, value, end))
+        field = wanted.get(name)
+        if field is not None:
+            out[field] = _short_text(buf, value, end)
+        elif name == b"routing-keys" and buf[value] == 65 and end - value > 5:
+            key_end = value_end(buf, value + 5, end)  # the first key of the array
+            if key_end > 0:
+                out["routing-keys"] = _short_text(buf, value + 5, key_end)
     return out
 
 
@@ -301,6 +330,8 @@ class Properties:
 
 def encode_value(value: Any) -> bytes:
     """A router value on the wire. Never raises: what has no AMQP type goes as text."""
+    if type(value) is int and -(2**31) <= value < 2**31:  # the common cases first
+        return b"I" + value.to_bytes(4, "big", signed=True)
     if isinstance(value, Raw):
         return value.data
     if isinstance(value, str):
@@ -323,9 +354,35 @@ def encode_value(value: Any) -> bytes:
     return encode_value(str(value))
 
 
+# Entries whose value repeats from message to message (route, origin, tier names): encoded
+# once. Bounded: cleared when full (the values come from the topology and from headers).
+_TEXT_ENTRIES: dict[tuple[str, str], bytes] = {}
+_NAMES: dict[str, bytes] = {}
+_CACHE_MAX = 4096
+
+
 def encode_entry(name: str, value: Any) -> bytes:
-    key = name.encode("utf-8", "replace")[:255]
-    return bytes((len(key),)) + key + encode_value(value)
+    if type(value) is str and len(value) <= 256:
+        cached = _TEXT_ENTRIES.get((name, value))
+        if cached is None:
+            if len(_TEXT_ENTRIES) >= _CACHE_MAX:
+                _TEXT_ENTRIES.clear()
+            cached = _TEXT_ENTRIES[name, value] = _name(name) + encode_value(value)
+        return cached
+    return _name(name) + encode_value(value)
+
+
+def _name(name: str) -> bytes:
+    prefix = _NAMES.get(name)
+    if prefix is None:
+        key = name.encode("utf-8", "replace")[:255]
+        prefix = bytes((len(key),)) + key
+        if len(_NAMES) < _CACHE_MAX:
+            _NAMES[name] = prefix
+    return prefix
+
+
+_MISSING = object()
 
 
 class Table:
@@ -343,40 +400,63 @@ class Table:
         self.tail = b""  # bytes past the last entry that could be sized (kept last)
         if not table:
             return
-        entries, stop = scan(table, 0, len(table))
-        self.tail = table[stop:]
+        # ``scan`` inlined, classifying as it goes: this is most of the router's reading.
+        # Only a name starting with "d" or "x" can be the router's or a death header.
+        fixed_sizes, sized, u32 = _FIXED, _SIZED, _U32.unpack_from
         foreign = self.foreign
         run_start = run_end = 0  # a run of adjacent foreign entries is copied as one slice
-        for name, start, value, end in entries:
-            if name[:4] == ROUTER_PREFIX:
-                key = name.decode("utf-8", "replace")
-                self.ours[key] = read_value(table, value, end)
-                self.ours_raw[key] = table[start:end]
-            elif name in _DEATH_NAMES:
-                if name == X_DEATH:
-                    self.death = newest_death(table, value, end)
-                elif name == X_FIRST_DEATH_REASON:
-                    self.first_death_reason = text(read_value(table, value, end))
+        pos, end = 0, len(table)
+        while pos < end:
+            start = pos
+            value = pos + 1 + table[pos]
+            if value >= end:
+                break
+            kind = table[value]
+            fixed = fixed_sizes.get(kind)
+            if fixed is not None:
+                stop = value + 1 + fixed
+            elif kind in sized and value + 5 <= end:
+                stop = value + 5 + u32(table, value + 1)[0]
             else:
-                if start != run_end:
-                    if run_end > run_start:
-                        foreign.append(table[run_start:run_end])
-                    run_start = start
-                run_end = end
-                continue
+                break
+            if stop > end:
+                break
+            pos = stop
+            if value > start + 1 and table[start + 1] in _D_OR_X:
+                name = table[start + 1 : value]
+                if name[:4] == ROUTER_PREFIX:
+                    key = name.decode("utf-8", "replace")
+                    self.ours[key] = read_value(table, value, stop)
+                    self.ours_raw[key] = table[start:stop]
+                    continue
+                if name in _DEATH_NAMES:
+                    if name == X_DEATH:
+                        self.death = newest_death(table, value, stop)
+                    elif name == X_FIRST_DEATH_REASON:
+                        self.first_death_reason = text(read_value(table, value, stop))
+                    continue
+            if start != run_end:
+                if run_end > run_start:
+                    foreign.append(table[run_start:run_end])
+                run_start = start
+            run_end = stop
         if run_end > run_start:
             foreign.append(table[run_start:run_end])
+        self.tail = table[pos:]
 
     def splice(self, headers: Mapping[str, Any], foreign: list[bytes] | None = None) -> bytes:
         """The table to publish: foreign entries byte for byte, then ``headers`` (values the
         router left as they came are copied, the others encoded), then any opaque tail."""
         ours, raw = self.ours, self.ours_raw
         pieces = list(self.foreign if foreign is None else foreign)
+        append, missing = pieces.append, _MISSING
         for name, value in headers.items():
-            if name in ours and ours[name] is value:
-                pieces.append(raw[name])
+            if ours.get(name, missing) is value:
+                append(raw[name])
+            elif type(value) is int and -(2**31) <= value < 2**31:
+                append(_name(name) + b"I" + value.to_bytes(4, "big", signed=True))
             else:
-                pieces.append(encode_entry(name, value))
+                append(encode_entry(name, value))
         pieces.append(self.tail)
         return b"".join(pieces)
 
