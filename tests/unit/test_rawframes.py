@@ -74,6 +74,9 @@ def test_install_replaces_read_frame_on_that_connection_only() -> None:
     class Fake:
         _frame_buffer = content_header(2, 0, struct.pack(">H", 0))
 
+        def _process_frame(self, value: Any) -> None:
+            pass
+
     conn = Fake()
     rawframes.install(conn)
     consumed, frame = conn._read_frame()  # type: ignore[attr-defined]
@@ -138,8 +141,9 @@ def test_deliveries_are_assembled_and_everything_else_goes_to_pika() -> None:
             delivered.append((method, header, body))
 
     class Conn:
-        frames_received = 0
-        _channels = {1: Chan()}
+        def __init__(self) -> None:
+            self.frames_received = 0
+            self._channels = {1: Chan()}
 
         def _process_frame(self, value: Any) -> None:
             to_pika.append(value)
@@ -161,10 +165,7 @@ def test_deliveries_are_assembled_and_everything_else_goes_to_pika() -> None:
         pika.frame.Body(1, b"def"),
     ):
         process(value)
-    assert [(m, h, b) for m, h, b in delivered] == [
-        (deliver, empty, b""),
-        (deliver, two, b"abcdef"),
-    ]
+    assert delivered == [(deliver, empty, b""), (deliver, two, b"abcdef")]
     assert len(to_pika) == 2 and to_pika[0] is ack
     assert conn.frames_received == 6
     # a delivery for a channel pika does not know goes to pika (which logs it)
