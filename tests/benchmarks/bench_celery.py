@@ -86,6 +86,22 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float 
     return time.monotonic() - started
 
 
+def wait_progress(what: str, count: Callable[[], int], target: int, stall: float) -> float:
+    """Seconds until ``count()`` reaches ``target``. Waits as long as it keeps moving (N =
+    10,000 takes minutes on a busy machine); raises TimedOut after ``stall`` s without any
+    progress."""
+    started = last_move = time.monotonic()
+    last = -1
+    while (value := count()) < target:
+        now = time.monotonic()
+        if value != last:
+            last, last_move = value, now
+        elif now - last_move > stall:
+            raise TimedOut(f"{what}: stuck at {value}/{target} for {stall:.0f} s")
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
 @dataclass
 class Row:
     key: str
@@ -166,11 +182,11 @@ def scenario_wait(run: Run, n: int, fresh: int) -> Row:
     run.publish("n", n, 1)
     f["publish_s"] = round(time.monotonic() - t0, 2)
 
-    def failed_once() -> bool:
+    def failed_once() -> int:
         run.sample_rss()
-        return inst.runs_seen() - run.probes >= n
+        return inst.runs_seen() - run.probes
 
-    f["all_failed_s"] = round(wait_for("N tasks ran once", failed_once, timeout, 0.5), 1)
+    f["all_failed_s"] = round(wait_progress("N tasks ran once", failed_once, n, timeout), 1)
 
     def all_held() -> bool:
         held = inst.held()
@@ -299,6 +315,15 @@ def scenario_exactly_three(run: Run, m: int) -> Row:
     f["elapsed_s"] = round(time.monotonic() - t0, 1)
     row.checks["tasks were published and ran"] = sum(counts) >= m
     return row
+
+
+def outcome(row: Row) -> str:
+    failed = [name for name, ok in row.checks.items() if not ok]
+    return (
+        f"{row.status}"
+        + (f": {'; '.join(failed)}" if failed else "")
+        + (f" ({row.reason})" if row.reason else "")
+    )
 
 
 def run_one(
@@ -442,12 +467,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 run_one(spec, args, run_id, "wait", lambda r: scenario_wait(r, n, args.fresh))
             )
-            log(f"[{spec.key}] wait: {rows[-1].status} {rows[-1].reason}")
+            log(f"[{spec.key}] wait: {outcome(rows[-1])}")
         if args.scenario in ("three", "both"):
             rows.append(
                 run_one(spec, args, run_id, "three", lambda r: scenario_exactly_three(r, args.m))
             )
-            log(f"[{spec.key}] three: {rows[-1].status} {rows[-1].reason}")
+            log(f"[{spec.key}] three: {outcome(rows[-1])}")
 
     print(f"\nN = {n:,} retries waiting (countdown {WAIT_BACKOFF:g} s), {args.fresh:,} fresh tasks;"
           f" {info['cores']} cores, load {info['loadavg_at_start']:.2f} at start;"
