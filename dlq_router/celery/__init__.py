@@ -133,11 +133,17 @@ def configure(app: Any, topology: str | Path | Topology, *, max_redeliveries: in
     def on_worker_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", app) is not app:
             return
-        problems = _check_settings(app.conf)
-        if problems or any(app.conf.get(k) != v for k, v in SETTINGS.items()):
-            raise _improperly_configured(
-                "settings changed after configure(): " + "; ".join(problems or ["see SETTINGS"])
-            )
+        changed = [
+            f"{key}={app.conf.get(key)!r} (dlq-router needs {wanted!r})"
+            for key, wanted in SETTINGS.items()
+            if app.conf.get(key) != wanted
+        ] + [f"{key}={app.conf.get(key)!r}" for key in _SPLIT_SETTINGS if app.conf.get(key)]
+        if changed:
+            # Celery's signal dispatch logs and swallows exceptions: exit instead, or the
+            # worker would run with failures acked and lost.
+            message = "dlq_router.celery: settings changed after configure(): " + "; ".join(changed)
+            log.critical(message)
+            raise SystemExit(message)
         binding.start()
         for task in app.tasks.values():
             task.Request = request_class(task)
