@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,7 +121,9 @@ def run(
     """
     with cli_errors():
         topo = select_routes(load(topology, url), route or [])
-        logs.configure(log_format, log_level)
+        # The router reports every connection and channel failure itself, in one line;
+        # pika's and redis-py's own records (a traceback per failed connect) only at debug.
+        logs.configure(log_format, log_level, libraries=logging.CRITICAL)
         ctx = RouterContext(
             metrics=Metrics(),
             prefetch=prefetch,

@@ -102,12 +102,13 @@ class ParkingBehaviour:
         assert row["attempts"] == 7 and row["reason"] == "max_attempts"
         assert row["error_type"] == "ConnectionError" and row["size"] == 30
         assert row["parked_at"] == lot.now - 1000 and row["route"] == lot.route.name
+        # The sample is a Celery task (``task`` header), so its group includes the task name.
         assert row["fingerprint"] == p.fingerprint(
-            lot.route.name, "ConnectionError", "max_attempts"
+            lot.route.name, "ConnectionError", "max_attempts", "tasks.send_email"
         )
 
         table = lot.run("parked", "list").stdout.splitlines()
-        assert table[0].split()[:3] == ["ID", "ROUTE", "ATTEMPTS"]
+        assert table[0].split()[:4] == ["ID", "ROUTE", "TASK", "TASK"]  # TASK, TASK ID
         assert [line.split()[0] for line in table[1:]] == ["a3", "v2", "a2", "v1", "a1", "old1"]
 
     def test_listing_changes_nothing(self, lot: Lot) -> None:
