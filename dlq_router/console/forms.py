@@ -15,13 +15,14 @@ from dlq_router.topology import Topology
 
 PAGE_SIZE = 50
 MAX_PAGE = 200  # page 200 holds 10,000 summaries on RabbitMQ: narrow the filter instead
-FILTERS = ("error_type", "reason", "older_than", "newer_than", "group", "id")
+FILTERS = ("task", "error_type", "reason", "older_than", "newer_than", "group", "id")
 
 
 @dataclass(frozen=True)
 class Filters:
     """The filter fields as typed, kept to refill the form and carry into actions."""
 
+    task: str = ""
     error_type: str = ""
     reason: str = ""
     older_than: str = ""
@@ -48,6 +49,7 @@ class Filters:
             known_routes=[r.name for r in topology.routes],
             routes=[route],
             error_types=many(self.error_type),
+            tasks=many(self.task),
             reasons=many(self.reason),
             older_than=self.older_than or None,
             newer_than=self.newer_than or None,

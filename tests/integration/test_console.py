@@ -73,7 +73,13 @@ class ConsoleHttp:
             topology.routes[0],
             [
                 Parked("a1", parked_at=t - 3000),
-                Parked("v1", parked_at=t - 2000, error_type="ValueError", reason="non_retryable"),
+                Parked(
+                    "v1",
+                    parked_at=t - 2000,
+                    error_type="ValueError",
+                    reason="non_retryable",
+                    extra={"task": "tasks.charge_card"},
+                ),
                 Parked("a2", parked_at=t - 1000),
             ],
         )
@@ -169,6 +175,9 @@ class ConsoleHttp:
         assert page.headers["x-frame-options"] == "DENY"
         assert "<script" not in page.text
         assert ">v1<" in page.text and ">a1<" not in page.text
+        by_task = client.get(f"/routes/{lot.name}/parked?task=tasks.charge_card")
+        assert ">v1<" in by_task.text and ">a1<" not in by_task.text and ">a2<" not in by_task.text
+        assert "tasks.charge_card" in by_task.text
         overview = client.get("/")
         assert overview.status_code == 200 and lot.name in overview.text
         shown = client.get(f"/routes/{lot.name}/messages/a1")
