@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from dlq_router.topology import Topology
 from tests.conftest import TopologyFactory, route_dict
@@ -64,6 +67,17 @@ def park_sample(driver: ParkDriver, topology: Topology) -> None:
             ),
             Parked("a3", parked_at=t - 1000, body=body),
         ],
+    )
+
+
+def follow(browser: webdriver.Chrome, element: WebElement) -> None:
+    """Click something that loads a new page and wait until it has (a click returns before
+    the next page is there, so reading right after it could see the old one)."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
     )
 
 
@@ -118,12 +132,12 @@ class ConsoleInBrowser:
         browser.get(lot.url(f"/routes/{route}/parked"))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#parked tr.msg")) == 6
         browser.find_element(By.NAME, "error_type").send_keys("ValueError")
-        browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
+        follow(browser, browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]"))
         ids = [r.text.split()[0] for r in browser.find_elements(By.CSS_SELECTOR, "#parked tr.msg")]
         assert ids == ["v2", "v1"]
 
         # one message: a pickle body is shown as hex, never unpickled
-        browser.find_element(By.LINK_TEXT, "v2").click()
+        follow(browser, browser.find_element(By.LINK_TEXT, "v2"))
         assert "never unpickled" in browser.find_element(By.TAG_NAME, "h2").text + (
             browser.page_source
         )
@@ -136,7 +150,7 @@ class ConsoleInBrowser:
         # replaying a group without the token is refused, and nothing moves
         browser.get(lot.url(f"/routes/{route}/groups"))
         group = browser.find_element(By.XPATH, "//tr[td[3][text()='ValueError']]")
-        group.find_element(By.TAG_NAME, "button").click()
+        follow(browser, group.find_element(By.TAG_NAME, "button"))
         assert "sign in" in browser.find_element(By.ID, "error").text
         assert len(lot.driver.parked_ids(lot.route)) == 6
         assert lot.driver.work_depth(lot.route) == 0
@@ -145,12 +159,12 @@ class ConsoleInBrowser:
         # arrives in the work queue
         browser.get(lot.url(f"/login?next=/routes/{route}/groups"))
         browser.find_element(By.NAME, "token").send_keys(TOKEN)
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        follow(browser, browser.find_element(By.CSS_SELECTOR, "button[type=submit]"))
         assert browser.current_url.endswith(f"/routes/{route}/groups")
         group = browser.find_element(By.XPATH, "//tr[td[3][text()='ValueError']]")
         assert group.find_element(By.CSS_SELECTOR, "td.count").text == "2"
         group.find_element(By.NAME, "rate").send_keys("100")
-        group.find_element(By.TAG_NAME, "button").click()
+        follow(browser, group.find_element(By.TAG_NAME, "button"))
         assert "replayed 2 of 2" in browser.find_element(By.ID, "result").text
         wait_for(lambda: lot.driver.work_depth(lot.route) == 2, 30, "2 messages in work")
         browser.get(lot.url(f"/routes/{route}/parked?error_type=ValueError"))

@@ -171,8 +171,14 @@ class _Snapshot:
         if self.received != self._seen:
             self._last, self._seen = time.monotonic(), self.received
         elif time.monotonic() - self._last > IDLE_TIMEOUT:
-            # Another listing or replay holds the rest (unacked, so not ready for us).
-            self.short = self.depth - self.received
+            # Nothing for a while. Messages still ready in the queue mean the broker is only
+            # slow (paging a million persistent messages in from disk, on a busy machine):
+            # keep reading. None ready: another listing or replay holds the rest (unacked,
+            # so not ready for us), and this snapshot stops short.
+            if self.channel.queue_declare(self.queue, passive=True).method.message_count:
+                self._last = time.monotonic()
+            else:
+                self.short = self.depth - self.received
         return not self.finished
 
     def leave(self, tag: int) -> None:
