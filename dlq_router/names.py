@@ -8,7 +8,8 @@ RabbitMQ, for route ``emails`` (``prefix: app`` puts ``app.`` in front of each d
     emails.retry        retry exchange (direct); the router publishes here
     emails.retry.10s    one queue per tier, fixed x-message-ttl, dead-letters to work exchange
     emails.retry.10s.2  ... or, with jitter, one queue per lane: TTLs spread over +-jitter
-    emails.parked       parking queue
+    emails.parked       parking queue, and the parking exchange (direct) the router parks
+                        through, so that run needs write on the route's objects only
 
 Redis, for the same route; every key carries the hash tag ``{emails}`` so one Lua script
 touches one Cluster slot, and ``{emails}`` hashes to the same slot as kombu's ``emails`` list::
@@ -66,6 +67,7 @@ class RabbitNames:
     dlq: str
     retry_exchange: str
     parking: str
+    parking_exchange: str
     tiers: tuple[Tier, ...]
 
 
@@ -92,6 +94,7 @@ def rabbit_names(topology: Topology, route: Route) -> RabbitNames:
         dlq=f"{base}.dlq",
         retry_exchange=f"{base}.retry",
         parking=f"{base}.parked",
+        parking_exchange=f"{base}.parked",
         tiers=tuple(tiers),
     )
 

@@ -43,6 +43,8 @@ def declare(
                 {
                     "url": redact_url(topo.url),
                     "applied": report.applied,
+                    # A dry run only looks (passive declares need no permission).
+                    "permissions_checked": not dry_run,
                     "items": [asdict(item) for item in report.items],
                 }
             )
@@ -58,7 +60,11 @@ def declare(
             typer.echo(
                 f"{redact_url(topo.url)}: {counts['create']} {verb}, {counts['unchanged']} "
                 f"unchanged, {counts['conflict']} conflict(s), {counts['warning']} warning(s)"
-                + (" (dry run: nothing was changed)" if dry_run else "")
+                + (
+                    " (dry run: nothing was changed, and permissions were not checked)"
+                    if dry_run
+                    else ""
+                )
             )
         if report.conflicts:
             raise TopologyConflict([f"{c.kind} {c.name}: {c.detail}" for c in report.conflicts])

@@ -289,7 +289,8 @@ def test_bad_topology_file_exit_2(tmp_path: Path, content: str, expected: str) -
 
 @pytest.fixture
 def restricted_user(uid: str) -> Iterator[tuple[str, str]]:
-    """A user who may configure the exchanges and the work queue, but no other queue."""
+    """A user who may configure the exchanges, the work queue and the parking queue (named as
+    its exchange), but no other queue."""
     user, password = f"{uid}-user", uuid.uuid4().hex
     subprocess.run(["rabbitmqctl", "-q", "add_user", user, password], check=True, timeout=60)
     try:
@@ -301,7 +302,7 @@ def restricted_user(uid: str) -> Iterator[tuple[str, str]]:
                 "-p",
                 "/",
                 user,
-                rf"^{uid}(\.dlx|\.retry)?$",
+                rf"^{uid}(\.dlx|\.retry|\.parked)?$",
                 ".*",
                 ".*",
             ],
@@ -320,7 +321,7 @@ def test_failed_apply_rolls_back(
     path = write(tmp_path, make_topology())
     result = declare(path, "--url", f"amqp://{user}:{password}@127.0.0.1:5672/%2F")
     assert result.exit_code == 2, result.output
-    assert "no configure permission for queue" in result.stderr
+    assert f"may not configure queue '{uid}.dlq'" in result.stderr
     assert password not in result.output
     # exchanges and the work queue were created, then removed: no half-built topology
     assert broker_queues(uid) == {} and broker_exchanges(uid) == {}

@@ -59,9 +59,36 @@ def parameters(
     return parameters_list(url, heartbeat=heartbeat, client_name=client_name)[0]
 
 
+_ACCESS = re.compile(
+    r"access to (?P<kind>queue|exchange) '(?P<name>[^']*)' in vhost '(?P<vhost>[^']*)' "
+    r"refused for user '(?P<user>[^']*)'"
+)
+
+
+def access_refused(reply_text: str, action: str | None = None) -> str:
+    """RabbitMQ's 403 text as "user lp may not configure exchange 'emails' in vhost 'v'".
+
+    The broker names the object, not the permission; ``action`` says which one the failed
+    call needed. Without it: outside ``declare`` (which passes its own) a queue is only ever
+    read (get, consume, purge) and an exchange only written to (publish).
+    """
+    m = _ACCESS.search(reply_text)
+    if not m:
+        return f"access refused: {reply_text.removeprefix('ACCESS_REFUSED - ')}"
+    if action is None:
+        action = "read from" if m["kind"] == "queue" else "write to"
+    return (
+        f"user {m['user']} may not {action} {m['kind']} {m['name']!r} in vhost "
+        f'{m["vhost"]!r} (see the README, "Least privilege")'
+    )
+
+
 def describe(exc: BaseException, url: str) -> str:
     """One line for the operator about why a connection failed; never the password."""
     where = redact_url(url)
+    if isinstance(exc, pe.ChannelClosedByBroker) and exc.reply_code == 403:
+        # Before the text checks below: its text says "refused", the connection is fine.
+        return access_refused(exc.reply_text)
     if isinstance(exc, pe.ProbableAuthenticationError | pe.AuthenticationError):
         return f"cannot log in to {where}: authentication failed (check user and password)"
     if isinstance(exc, pe.ProbableAccessDeniedError):

@@ -15,7 +15,7 @@ import pika
 import pika.exceptions as pe
 
 from dlq_router.backends.base import DeclareReport, PlanItem
-from dlq_router.backends.rabbitmq.connection import describe, explain_406
+from dlq_router.backends.rabbitmq.connection import access_refused, describe, explain_406
 from dlq_router.backends.rabbitmq.spec import BindingSpec, ExchangeSpec, QueueSpec, Spec
 from dlq_router.errors import BrokerUnavailable, DlqRouterError
 
@@ -57,8 +57,12 @@ class Declarer:
     def _refused(self, exc: pe.ChannelClosedByBroker, spec: Spec) -> DlqRouterError:
         self._ch = None
         if exc.reply_code == 403:
-            why = f"no configure permission for {spec.kind} {spec.name!r}?"
-            return BrokerUnavailable(f"{describe(exc, self.url)} ({why})")
+            # queue.bind needs write on the queue and read on the exchange; the rest of
+            # declare (declaring, and deleting on rollback) needs configure.
+            action = "configure"
+            if isinstance(spec, BindingSpec):
+                action = "write to" if f"queue '{spec.queue}'" in exc.reply_text else "read from"
+            return BrokerUnavailable(access_refused(exc.reply_text, action))
         return BrokerUnavailable(f"{spec.kind} {spec.name!r}: {exc.reply_code} {exc.reply_text}")
 
     def probe(self, spec: Spec, existing: set[str]) -> PlanItem:

@@ -168,6 +168,9 @@ class _Snapshot:
         if self.finished:
             return False
         self.connection.process_data_events(time_limit=0.01)
+        reason = getattr(self.channel, "_closing_reason", None)
+        if isinstance(reason, pe.ChannelClosedByBroker):
+            raise reason  # a refused consume (403: no read permission) is not an empty lot
         if self.received != self._seen:
             self._last, self._seen = time.monotonic(), self.received
         elif time.monotonic() - self._last > IDLE_TIMEOUT:
@@ -604,8 +607,12 @@ class _Publisher:
         *,
         mark: bool = True,
     ) -> None:
-        while len(self.pending) >= WINDOW:
+        while len(self.pending) >= WINDOW and self.channel.is_open:
             self.connection.process_data_events(time_limit=0.01)
+        if not self.channel.is_open:  # the broker closed it (403: no write permission)
+            self.result.fail(msg.id, self._why_closed())
+            on_fail()
+            return
         self.seq += 1
         if mark:
             headers[h.PUBLISH_ID] = self.seq  # ties a basic.return to its publish
@@ -632,14 +639,21 @@ class _Publisher:
         deadline = time.monotonic() + CONFIRM_TIMEOUT
         while self.pending and time.monotonic() < deadline and self.channel.is_open:
             self.connection.process_data_events(time_limit=0.01)
+        why = self._why_closed()
         for msg_id, _, on_fail in self.pending.values():  # unconfirmed: still parked
-            self.result.fail(msg_id, "no confirm from the broker in time")
+            self.result.fail(msg_id, why)
             on_fail()
         self.pending.clear()
         for snap in self.snapshots:
             snap.flush()
         if self.channel.is_open:
             self.channel.close()
+
+    def _why_closed(self) -> str:
+        reason = getattr(self.channel, "_closing_reason", None)
+        if isinstance(reason, pe.ChannelClosedByBroker):
+            return describe(reason, self.lot.topology.url)  # "user lp may not write to ..."
+        return "no confirm from the broker in time"
 
     def _serve(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -670,8 +684,21 @@ class _Publisher:
     def park(self, messages: Sequence[ParkedMessage]) -> None:
         """Import: publish each message to its route's parking queue, unchanged."""
         for msg in messages:
-            queue = rabbit_names(self.lot.topology, self.lot.topology.route(msg.route)).parking
-            # Unmarked: parked copies stay as exported. The queues were just read, so they
-            # exist and the default exchange routes to them.
-            self._publish("", queue, msg, dict(msg.headers), self._count, lambda: None, mark=False)
+            names = rabbit_names(self.lot.topology, self.lot.topology.route(msg.route))
+            if not self._exchange_exists(names.parking_exchange):
+                raise UsageError(
+                    f"exchange {names.parking_exchange!r} does not exist: run "
+                    "`dlq-router declare` first (parks go through it)"
+                )
+            # Unmarked: parked copies stay as exported. Through the route's parking exchange,
+            # as the router parks: no write on the default exchange is needed.
+            self._publish(
+                names.parking_exchange,
+                names.parking,
+                msg,
+                dict(msg.headers),
+                self._count,
+                lambda: None,
+                mark=False,
+            )
         self.drain()

@@ -158,15 +158,20 @@ def preflight(topology: Topology, client_name: str) -> None:
                     missing.append(queue)
                     ch = conn.channel()
             # Publishing to a missing exchange closes the channel (not a basic.return).
-            try:
-                ch.exchange_declare(names.retry_exchange, passive=True)
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code != 404:
-                    raise BrokerUnavailable(
-                        f"exchange {names.retry_exchange!r}: {exc.reply_code} {exc.reply_text}"
-                    ) from exc
-                missing.append(names.retry_exchange)
-                ch = conn.channel()
+            for exchange in (names.retry_exchange, names.parking_exchange):
+                try:
+                    ch.exchange_declare(exchange, passive=True)
+                except pe.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 404:
+                        raise BrokerUnavailable(
+                            f"exchange {exchange!r}: {exc.reply_code} {exc.reply_text}"
+                        ) from exc
+                    missing.append(exchange)
+                    ch = conn.channel()
+        if not missing:
+            check_permissions(conn, topology)
+    except pe.ChannelClosedByBroker as exc:  # 403 of a permission probe
+        raise BrokerUnavailable(describe(exc, topology.url)) from exc
     except (pe.AMQPConnectionError, OSError) as exc:
         raise BrokerUnavailable(describe(exc, topology.url)) from exc
     finally:
@@ -175,6 +180,23 @@ def preflight(topology: Topology, client_name: str) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UsageError(f"{missing[0]!r}{more} does not exist: run `dlq-router declare` first")
+
+
+def check_permissions(conn: pika.BlockingConnection, topology: Topology) -> None:
+    """What run needs, tried where it has no effect (a refusal raises a 403; no reconnect
+    would fix it, so it must not become a reconnect loop): read on each DLQ (basic.get; a
+    message got is handed back at once) and write on the retry and parking exchanges (a
+    publish with a routing key bound to nothing, which the broker drops)."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for route in topology.routes:
+        names = rabbit_names(topology, route)
+        method, _, _ = ch.basic_get(names.dlq, auto_ack=False)
+        if method is not None:
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        for exchange in (names.retry_exchange, names.parking_exchange):
+            ch.basic_publish(exchange, "dlq-router.permission-check", b"")
+    ch.close()
 
 
 class Router:
@@ -480,7 +502,7 @@ class Router:
             exchange = r.names.retry_exchange
             key = r.names.tiers[decision.tier].lanes[decision.lane].queue
         else:
-            exchange, key = "", r.names.parking
+            exchange, key = r.names.parking_exchange, r.names.parking
         p.returned = False
         if self.publisher is None:
             raise pe.ChannelWrongStateError("no open channel")

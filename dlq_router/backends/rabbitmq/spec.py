@@ -89,6 +89,9 @@ def route_specs(topology: Topology, route: Route) -> list[Spec]:
     if n.work_exchange:  # "" is the default exchange: it always exists
         specs.append(ExchangeSpec(n.work_exchange, route.exchange_type))
     specs += [ExchangeSpec(n.dlx, "fanout"), ExchangeSpec(n.retry_exchange, "direct")]
+    # Parks go through an exchange of the route's own, not the default exchange: write on
+    # amq.default would let the router's user publish into every queue of the vhost.
+    specs.append(ExchangeSpec(n.parking_exchange, "direct"))
     specs.append(QueueSpec(n.work_queue, work_queue_arguments(route, n)))
     specs.append(QueueSpec(n.dlq, _quorum(route, dead_letters=False)))
     lanes = [lane for tier in n.tiers for lane in tier.lanes]
@@ -98,6 +101,7 @@ def route_specs(topology: Topology, route: Route) -> list[Spec]:
         specs.append(BindingSpec(n.work_exchange, n.work_queue, n.routing_key))
     specs.append(BindingSpec(n.dlx, n.dlq, ""))
     specs += [BindingSpec(n.retry_exchange, lane.queue, lane.queue) for lane in lanes]
+    specs.append(BindingSpec(n.parking_exchange, n.parking, n.parking))
     return specs
 
 
