@@ -17,8 +17,8 @@ from dlq_router.urls import SECRETS, redact
 
 LogFormat = Literal["text", "json"]
 
-# Chatty libraries: their warnings and errors are shown (redacted), their details only
-# at --log-level debug.
+# The clients' own records are shown (redacted, formatted like ours) at --log-level debug
+# only: every failure they log is one we report ourselves, in one line.
 _LIBRARIES = ("pika", "redis", "kombu", "urllib3")
 
 
@@ -78,7 +78,7 @@ def configure(
     level: str = "INFO",
     secrets: Iterable[str] = (),
     *,
-    libraries: int = logging.WARNING,
+    libraries: int = logging.CRITICAL,
 ) -> None:
     """Send every logger's records through one redacting handler on stderr."""
     SECRETS.add(list(secrets))
@@ -102,6 +102,5 @@ def configure(
 
 
 def configure_default() -> None:
-    """For one-shot commands: our warnings, redacted, as text. The clients' own error records
-    are left out: the command reports their failure itself, in one line."""
-    configure("text", "WARNING", libraries=logging.CRITICAL)
+    """For one-shot commands (``run`` then sets its own): our warnings, redacted, as text."""
+    configure("text", "WARNING")

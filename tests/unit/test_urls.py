@@ -72,7 +72,7 @@ def test_every_log_record_is_redacted_pika_and_json_included(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = f"amqp://lp:{PASSWORD}@127.0.0.1/%2F"
-    logs.configure("json", "info", secrets=url_secrets(url))
+    logs.configure("json", "debug", secrets=url_secrets(url))
     try:
         logging.getLogger("pika.adapters.blocking_connection").warning("connect %s failed", url)
         logging.getLogger("redis.connection").error("auth %s", quote(PASSWORD, safe=""))
