@@ -2,7 +2,9 @@
 
 A real ``celery worker`` (prefork, concurrency 2) runs the example app, the real
 ``dlq-router run`` routes its dead letters; the test process sends tasks with a client app
-configured by the same topology. Subclasses provide the ``stack`` and ``queue`` fixtures.
+configured by the same topology. Subclasses provide the ``stack`` and ``queue`` fixtures, and
+``queue_once`` for the slow cases (pool processes killed, time limits), run once per broker:
+their code path does not depend on the queue type.
 """
 
 from __future__ import annotations
@@ -137,10 +139,10 @@ class CeleryCases:
         assert stack.parked("--route", queue, "--id", parked[0]["id"]) == []
 
     def test_pool_process_killed_mid_task_loses_nothing(
-        self, stack: CeleryStack, queue: str, tmp_path: Path
+        self, stack: CeleryStack, queue_once: str, tmp_path: Path
     ) -> None:
         log = tmp_path / "runs.jsonl"
-        result = stack.send("example.slow", queue, 30, log=str(log), first_run_only=True)
+        result = stack.send("example.slow", queue_once, 30, log=str(log), first_run_only=True)
         first = wait_for(lambda: runs(log), 60, "the task to start")[0]
         os.kill(first["pid"], signal.SIGKILL)
         # Handed to the router as a lost worker (one attempt), retried on the first tier,
@@ -155,14 +157,14 @@ class CeleryCases:
         assert got[1]["pid"] != first["pid"]
 
     def test_hard_time_limit_is_a_failed_attempt(
-        self, stack: CeleryStack, queue: str, tmp_path: Path
+        self, stack: CeleryStack, queue_once: str, tmp_path: Path
     ) -> None:
         log = tmp_path / "runs.jsonl"
         result = stack.client.send_task(
             "example.slow",
             args=[30],
             kwargs={"log": str(log), "first_run_only": True},
-            queue=queue,
+            queue=queue_once,
             time_limit=2,
         )
         states = StateWatch(result).until_ready(60)
@@ -175,10 +177,10 @@ class CeleryCases:
         ], got
 
     def test_task_that_kills_its_pool_process_every_time_ends_parked(
-        self, stack: CeleryStack, queue: str, tmp_path: Path
+        self, stack: CeleryStack, queue_once: str, tmp_path: Path
     ) -> None:
         log = tmp_path / "runs.jsonl"
-        result = stack.send("example.crash", queue, log=str(log))
+        result = stack.send("example.crash", queue_once, log=str(log))
         states = StateWatch(result).until_ready(90)
         assert states[-1] == "FAILURE" and "RETRY" in states, states
         assert len(runs(log)) == MAX_ATTEMPTS

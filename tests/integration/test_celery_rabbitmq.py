@@ -29,6 +29,11 @@ def queue(request: pytest.FixtureRequest, stack: CeleryStack) -> str:
     return next(q for q in stack.queues if q.endswith(request.param))
 
 
+@pytest.fixture
+def queue_once(stack: CeleryStack) -> str:
+    return next(q for q in stack.queues if q.endswith("quorum"))
+
+
 class TestCeleryOnRabbitMQ(CeleryCases):
     def test_worker_started_before_declare_gets_no_406(self, stack: CeleryStack) -> None:
         # The worker declared its work queues first; declare found them identical.

@@ -24,5 +24,10 @@ def queue(stack: CeleryStack) -> str:
     return stack.queues[0]
 
 
+@pytest.fixture
+def queue_once(stack: CeleryStack) -> str:
+    return stack.queues[0]
+
+
 class TestCeleryOnRedis(CeleryCases):
     pass
