@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from dlq_router import endpoints
 from dlq_router.errors import BrokerUnavailable
-from dlq_router.urls import redact_text, redact_url
+from dlq_router.urls import redact_text, redact_url, split_url
 
 RedisClient = redis.Redis | RedisCluster
 
@@ -36,6 +36,10 @@ def describe(exc: BaseException, url: str) -> str:
     text = redact_text(str(exc) or type(exc).__name__, url)
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
         return f"cannot log in to {where}: {text}"
+    if isinstance(exc, rex.NoPermissionError):  # ACL: a key pattern or command is missing
+        user = split_url(url)
+        who = f"user {user.user}" if user and user.user else "this user"
+        return f'{who} on {where}: {text} (see the README, "Least privilege")'
     if isinstance(exc, rex.ConnectionError) and "refused" in text.lower():
         return f"cannot connect to {where}: connection refused (is Redis running?)"
     return f"cannot use {where}: {text}"
