@@ -128,15 +128,6 @@ def test_each_command_with_just_its_permissions(
         f"dlq-router: error: user {user} may not write to exchange '{names.parking_exchange}' "
         f"in vhost '{vhost}' (see the README, \"Least privilege\")"
     ], done.stderr
-    grant(user, vhost, (c, w, "^$"))
-    done = subprocess.run(
-        [sys.executable, "-m", "dlq_router", "run", "-t", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2 and f"may not read from queue '{names.dlq}'" in done.stderr
-    assert depth(topology, names.dlq) == 2  # the read probe handed its message back
     grant(user, vhost, perms["run"])
     router = RouterProcess(topology, tmp_path)
     try:

@@ -183,17 +183,15 @@ def preflight(topology: Topology, client_name: str) -> None:
 
 
 def check_permissions(conn: pika.BlockingConnection, topology: Topology) -> None:
-    """What run needs, tried where it has no effect (a refusal raises a 403; no reconnect
-    would fix it, so it must not become a reconnect loop): read on each DLQ (basic.get; a
-    message got is handed back at once) and write on the retry and parking exchanges (a
-    publish with a routing key bound to nothing, which the broker drops)."""
+    """Write on the retry and parking exchanges, tried where it has no effect: a publish with
+    a routing key bound to nothing, which the broker drops. A refusal raises a 403 here,
+    before the run loop, where no reconnect would fix it. (Read on the DLQ is not probed: a
+    probe would have to receive a dead letter, and pika decodes its headers, which a hostile
+    one can make fail; the run loop reads them through its raw-frame path.)"""
     ch = conn.channel()
     ch.confirm_delivery()
     for route in topology.routes:
         names = rabbit_names(topology, route)
-        method, _, _ = ch.basic_get(names.dlq, auto_ack=False)
-        if method is not None:
-            ch.basic_nack(method.delivery_tag, requeue=True)
         for exchange in (names.retry_exchange, names.parking_exchange):
             ch.basic_publish(exchange, "dlq-router.permission-check", b"")
     ch.close()
