@@ -277,6 +277,12 @@ def scenario_wait(run: Run, n: int, fresh: int) -> Row:
     main_runs = [v for k, v in runs.items() if k.startswith("n-")]
     f["ran_early"] = sum(1 for v in main_runs if v > 1)
     row.checks["each of the N ran once and waited"] = len(main_runs) == n and f["ran_early"] == 0
+    f["scenario_s"] = round(time.monotonic() - t0, 1)
+    if f["ran_early"] and f["scenario_s"] > WAIT_BACKOFF:
+        row.reason = (
+            f"the scenario took {f['scenario_s']:.0f} s, longer than the {WAIT_BACKOFF:g} s "
+            "countdown: retries came due during it; use a smaller --n"
+        )
     # A fresh time is only reported when every fresh task recorded its own run.
     row.checks["fresh tasks ran"] = f["fresh_s"] is None or done.get("fresh", 0) >= fresh
     return row
@@ -410,7 +416,7 @@ def wait_cells(row: Row) -> list[str]:
         "ok"
         if row.status == "ok"
         else "FAILED: " + "; ".join(k for k, v in row.checks.items() if not v)
-    )
+    ) + (f" ({row.reason})" if row.reason else "")
     return [rss, str(f["unacked"]), where(f["held"]), fresh, restart, lost_dup, checks]
 
 
