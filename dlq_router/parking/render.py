@@ -16,6 +16,7 @@ from typing import Any
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq.wire import Raw
 from dlq_router.parking.messages import (
     attempts,
     error_type,
@@ -118,6 +119,8 @@ def to_json_value(value: Any) -> Any:
     """Header/property values as JSON, typed where JSON has no type (bytes, time, decimal)."""
     if isinstance(value, bytes | bytearray):
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Raw):  # an AMQP value nobody could read: its wire bytes, type first
+        return {"$amqp": base64.b64encode(value.data).decode("ascii")}
     if isinstance(value, dt.datetime):
         return {"$datetime": value.isoformat()}
     if isinstance(value, Decimal):
@@ -136,6 +139,8 @@ def from_json_value(value: Any) -> Any:
             ((tag, inner),) = value.items()
             if tag == "$bytes":
                 return base64.b64decode(inner)
+            if tag == "$amqp":
+                return Raw(base64.b64decode(inner))
             if tag == "$datetime":
                 return dt.datetime.fromisoformat(inner)
             if tag == "$decimal":

@@ -8,6 +8,7 @@ exports and replays them, and the replayed copy carries the foreign header bytes
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -60,15 +61,18 @@ def test_hostile_parked_headers_are_readable_and_replay_byte_for_byte(
             "",
             names.parking,
             b"ts",
-            properties(hostile_table(route.name, "hostile-ts", now - 1000, HUGE_TS + MS_TS),
-                       message_id="hostile-ts"),
+            properties(
+                hostile_table(route.name, "hostile-ts", now - 1000, HUGE_TS + MS_TS),
+                message_id="hostile-ts",
+            ),
         )
         raw.publish(
             "",
             names.parking,
             b"deep",
-            properties(hostile_table(route.name, "hostile-deep", now, DEEP),
-                       message_id="hostile-deep"),
+            properties(
+                hostile_table(route.name, "hostile-deep", now, DEEP), message_id="hostile-deep"
+            ),
         )
         driver.park(route, [Parked("plain2", parked_at=now + 1000)])
 
@@ -80,13 +84,19 @@ def test_hostile_parked_headers_are_readable_and_replay_byte_for_byte(
 
         shown = dlq("parked", "show", "hostile-ts", "-t", path, "--json")
         assert shown.returncode == 0, shown.stderr
-        assert "ts-huge" in shown.stdout and "ts-ms" in shown.stdout
+        shown_headers = json.loads(shown.stdout)["headers"]
+        huge = {"$amqp": base64.b64encode(HUGE_TS[8:]).decode()}  # after the name "ts-huge"
+        assert shown_headers["ts-huge"] == huge, shown.stdout
+        assert "$amqp" in json.dumps(shown_headers["ts-ms"])
         human = dlq("parked", "show", "hostile-deep", "-t", path)
         assert human.returncode == 0 and "deep" in human.stdout, human.stderr
         assert "Traceback" not in human.stderr
 
         groups = dlq("parked", "groups", "-t", path)
         assert groups.returncode == 0 and "HostileError" in groups.stdout, groups.stderr
+        status = dlq("status", "-t", path, "--json")
+        assert status.returncode == 0, status.stderr
+        assert '"HostileError"' in status.stdout and '"parked": 4' in status.stdout, status.stdout
 
         out = tmp_path / "export.jsonl"
         exported = dlq("parked", "export", "-t", path, "-o", out)
@@ -100,7 +110,7 @@ def test_hostile_parked_headers_are_readable_and_replay_byte_for_byte(
 
         replayed = dlq("replay", "-t", path, "--id", "hostile-ts", "--id", "hostile-deep")
         assert replayed.returncode == 0, replayed.stderr
-        arrived = raw.drain(names.work)
+        arrived = raw.drain(names.work_queue)
         assert len(arrived) == 2
         tables = {p.message_id: p.table or b"" for p, _t, _b, _at in arrived}
         assert HUGE_TS + MS_TS in tables["hostile-ts"]
@@ -112,6 +122,16 @@ def test_hostile_parked_headers_are_readable_and_replay_byte_for_byte(
             "plain2",
             "plain1",
         ]
+
+        # import puts the exported hostile parks back with the same bytes
+        purged = dlq("parked", "purge", "-t", path, "--all", "--yes")
+        assert purged.returncode == 0, purged.stderr
+        imported = dlq("parked", "import", out, "-t", path)
+        assert imported.returncode == 0, imported.stderr
+        back = {p.message_id: p.table or b"" for p, _t, _b, _at in raw.drain(names.parking)}
+        assert set(back) == {"task-plain1", "task-plain2", "hostile-ts", "hostile-deep"}
+        assert HUGE_TS + MS_TS in back["hostile-ts"]
+        assert DEEP in back["hostile-deep"]
     finally:
         raw.close()
         driver.close()

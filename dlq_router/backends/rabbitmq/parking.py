@@ -22,6 +22,7 @@ instead of one round trip per message.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import hashlib
 import heapq
@@ -33,11 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.data
 import pika.exceptions as pe
 from pika.spec import Basic
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq import rawframes, wire
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import describe
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
@@ -85,20 +88,95 @@ RETURN_TIMEOUT = 10.0
 RETURN_RATE = 5_000
 
 
-def to_message(route: str, props: pika.BasicProperties, body: bytes) -> ParkedMessage:
-    headers = dict(props.headers or {})
-    properties = {k: getattr(props, k) for k in AMQP_PROPERTIES if getattr(props, k) is not None}
-    msg_id = h.as_text(headers.get(h.ID)) or props.message_id
+def decode_headers(table: bytes | None) -> dict[str, Any]:
+    """A parked header table as the values parking works with, without pika's table codec
+    inside the connection (a value it cannot decode there drops the connection: one hostile
+    park made the whole lot unreadable). One level is split by ``wire.scan``; scalars are
+    read by ``wire.read_value`` (``T`` becomes a naive UTC datetime, as pika gave it); a
+    nested table or array no deeper than ``MAX_NESTING`` is decoded by pika's codec here,
+    outside the connection, and any value that cannot be read (a ``T`` past year 9999 or
+    holding milliseconds, deeper nesting, bytes that do not size) stays ``wire.Raw``: its
+    wire bytes, shown tagged (``$amqp``) and republished as is. Bytes past the last entry
+    that can be sized are not kept (a table RabbitMQ accepted always sizes)."""
+    if not table:
+        return {}
+    entries, _stop = wire.scan(table, 0, len(table))
+    out: dict[str, Any] = {}
+    for name, _start, pos, stop in entries:
+        out[name.decode("utf-8", "replace")] = _header_value(table, pos, stop)
+    return out
+
+
+def _header_value(table: bytes, pos: int, stop: int) -> Any:
+    kind = table[pos]
+    try:
+        if kind in _NESTED:
+            if not wire.nesting_within(table, pos, stop, MAX_NESTING):
+                return wire.Raw(table[pos:stop])
+            value, _end = pika.data.decode_value(table[pos:stop], 0)
+            return value
+        value = wire.read_value(table, pos, stop)
+        if kind == _TIMESTAMP:
+            return _EPOCH + dt.timedelta(seconds=value)
+        return value
+    except Exception:  # pika's codec raises what it likes on foreign bytes
+        # (RecursionError, OverflowError, ValueError, struct.error, ...): keep the bytes
+        return wire.Raw(table[pos:stop])
+
+
+_NESTED = frozenset(b"FA")
+# Deeper tables/arrays stay raw: pika's decoder and every renderer after it recurse.
+MAX_NESTING = 32
+_TIMESTAMP = ord("T")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _properties(props: wire.Properties) -> dict[str, Any]:
+    """The basic properties other than headers, as pika gave them (text, ints)."""
+    out: dict[str, Any] = {}
+    for i, (name, _bit, kind) in enumerate(wire.FIELDS):
+        raw = props.fields[i]
+        if raw is None or i == wire.HEADERS:
+            continue
+        if kind == "s":
+            out[name] = raw[1:].decode("utf-8", "replace")
+        elif kind == "o":
+            out[name] = raw[0]
+        else:  # q: the timestamp property, an int as pika gave it
+            out[name] = int.from_bytes(raw, "big")
+    return out
+
+
+def to_message(route: str, props: wire.Properties, body: bytes) -> ParkedMessage:
+    headers = decode_headers(props.table)
+    properties = _properties(props)
+    msg_id = h.as_text(headers.get(h.ID)) or properties.get("message_id")
     if not msg_id:  # not parked by dlq-router: derive a stable id from the content
-        digest = hashlib.sha1(body + repr(sorted(headers.items())).encode(), usedforsecurity=False)
+        seen = repr(sorted(headers.items())).encode()
+        digest = hashlib.sha1(body + seen, usedforsecurity=False)
         msg_id = "sha1-" + digest.hexdigest()[:16]
     return ParkedMessage(str(msg_id), route, headers, properties, body)
 
 
-def to_properties(msg: ParkedMessage, headers: dict[str, Any]) -> pika.BasicProperties:
-    """AMQP properties of ``msg``; properties from another broker (kombu's) are left out."""
+def to_properties(msg: ParkedMessage, headers: dict[str, Any]) -> Any:
+    """AMQP properties of ``msg``; properties from another broker (kombu's) are left out.
+    Headers holding ``wire.Raw`` values go out with those values byte for byte (pika cannot
+    encode them): the table is assembled here, each other entry encoded by pika's codec."""
     kept = {k: v for k, v in msg.properties.items() if k in AMQP_PROPERTIES and v is not None}
-    return pika.BasicProperties(headers=headers, **kept)
+    if not any(isinstance(v, wire.Raw) for v in headers.values()):
+        return pika.BasicProperties(headers=headers, **kept)
+    pieces: list[bytes] = []
+    for name, value in headers.items():
+        if isinstance(value, wire.Raw):
+            pieces.append(wire.encode_entry(name, value))
+        else:
+            one: list[bytes] = []
+            pika.data.encode_table(one, {name: value})
+            pieces.append(b"".join(one)[4:])  # without the table length
+    encoded = b"".join(pika.BasicProperties(**kept).encode())
+    props = wire.Properties.parse(encoded, 0, len(encoded))
+    props.table = b"".join(pieces)
+    return props
 
 
 @dataclass
@@ -150,7 +228,7 @@ class _Snapshot:
                 pass
 
     def _on_message(
-        self, _ch: Any, method: Basic.Deliver, props: pika.BasicProperties, body: bytes
+        self, _ch: Any, method: Basic.Deliver, props: wire.Properties, body: bytes
     ) -> None:
         msg = to_message(self.route.name, props, body)
         self.received += 1
@@ -255,8 +333,15 @@ def _wait_until_back(connection: pika.BlockingConnection, queue: str, expected: 
 
 class RabbitParkingLot:
     def __init__(self, connect: Callable[[], pika.BlockingConnection], topology: Topology) -> None:
-        self._connect = connect
+        self._opener = connect
         self.topology = topology
+
+    def _connect(self) -> pika.BlockingConnection:
+        """The connection, reading content headers as bytes (``rawframes.install_reader``):
+        pika's table codec would raise on a hostile parked header inside the connection."""
+        connection = self._opener()
+        rawframes.install_reader(connection._impl)
+        return connection
 
     def _routes(self, selector: Selector) -> list[Route]:
         return [r for r in self.topology.routes if selector.wants_route(r.name)]
@@ -559,13 +644,12 @@ class _Publisher:
         # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
         self.limiter = RateLimiter(options.rate, sleep=self._serve)
 
-    def _on_return(self, _ch: Any, _method: Any, props: pika.BasicProperties, _body: bytes) -> None:
+    def _on_return(self, _ch: Any, _method: Any, props: wire.Properties, _body: bytes) -> None:
         # mandatory publish that no queue accepted; its confirm (an ack) follows
-        headers = props.headers or {}
-        seq = h.as_ms(headers.get(h.PUBLISH_ID))
+        seq = wire.publish_id(props)
         if seq is not None:
             self.returned.add(seq)
-        elif (msg_id := h.as_text(headers.get(h.ID))) is not None:
+        elif (msg_id := h.as_text(decode_headers(props.table).get(h.ID))) is not None:
             # an unmarked publish (import keeps parked copies as exported): its parked id
             self.returned_ids.add(msg_id)
 

@@ -66,6 +66,17 @@ def install(connection: Any) -> None:
     connection._process_frame = Deliveries(connection)
 
 
+def install_reader(connection: Any) -> None:
+    """Only the reading half of ``install``: content headers arrive as ``wire.Properties``
+    and pika's own frame processing stays (the parking lot's blocking connection, whose
+    consumers are pika's). Installing twice is harmless."""
+
+    def _read_frame() -> tuple[int, Any]:
+        return read_frame(connection._frame_buffer)
+
+    connection._read_frame = _read_frame
+
+
 class Deliveries:
     """A connection's ``_process_frame`` that assembles basic.deliver content itself.
 

@@ -184,6 +184,38 @@ def read_value(buf: bytes, pos: int, stop: int) -> Any:
     return Raw(buf[pos:stop])
 
 
+def nesting_within(buf: bytes, pos: int, stop: int, limit: int) -> bool:
+    """Whether the value at ``pos`` nests tables/arrays no deeper than ``limit`` and every
+    nested value can be sized: a check before handing it to a recursive decoder. Iterative
+    (a stack of (end, depth)); reads lengths only."""
+    todo = [(pos, stop, 0)]
+    while todo:
+        start, end, depth = todo.pop()
+        kind = buf[start]
+        if kind not in _NESTING:
+            continue
+        if depth >= limit:
+            return False
+        inner, inner_end = start + 5, end
+        if kind == 70:  # F: entries
+            entries, readable = scan(buf, inner, inner_end)
+            if readable != inner_end:
+                return False
+            todo.extend((value, e, depth + 1) for _name, _s, value, e in entries)
+        else:  # A: values back to back
+            at = inner
+            while at < inner_end:
+                value_stop = value_end(buf, at, inner_end)
+                if value_stop < 0:
+                    return False
+                todo.append((at, value_stop, depth + 1))
+                at = value_stop
+    return True
+
+
+_NESTING = frozenset(b"FA")
+
+
 def text(value: Any) -> str | None:
     if isinstance(value, str):
         return value
