@@ -97,7 +97,7 @@ def decode_headers(table: bytes | None) -> dict[str, Any]:
     outside the connection, and any value that cannot be read (a ``T`` past year 9999 or
     holding milliseconds, deeper nesting, bytes that do not size) stays ``wire.Raw``: its
     wire bytes, shown tagged (``$amqp``) and republished as is. Bytes past the last entry
-    that can be sized are dropped (listed as not done in the README)."""
+    that can be sized are dropped (the router keeps them; the lot does not yet)."""
     if not table:
         return {}
     entries, _stop = wire.scan(table, 0, len(table))
