@@ -110,6 +110,7 @@ class RedisKeys:
     parked: str
     parked_index: str
     topology: str
+    routers: str
 
 
 def redis_keys(topology: Topology, route: Route) -> RedisKeys:
@@ -125,4 +126,5 @@ def redis_keys(topology: Topology, route: Route) -> RedisKeys:
         parked=f"{base}:parked",
         parked_index=f"{base}:parked:index",
         topology=f"{base}:topology",
+        routers=f"{base}:routers",
     )

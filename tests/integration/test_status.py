@@ -176,6 +176,11 @@ class StatusBehaviour:
             report = by_route(status_json(write_topology(one, tmp_path / "one.yaml")))
             assert report[scene.route.name]["routers"] >= 1
             assert not any("no router" in w for w in report[scene.route.name]["warnings"])
+            if self.kind == "redis":
+                # A router counts only for the routes it serves, not for every route on the
+                # server (the other route of the file has none).
+                other = by_route(status_json(scene.path))[scene.topology.routes[1].name]
+                assert other["routers"] == 0
         finally:
             router.close()
         done = status_cli(scene.path)

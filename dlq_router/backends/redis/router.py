@@ -16,6 +16,8 @@ is made synchronously: redirections are the cluster client's job).
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -57,6 +59,11 @@ MAX_CLAIM_BATCH = 1_000
 DEFAULT_PREFETCH = 500
 RECOVER_LIMIT = 1_000
 MAINTENANCE_EVERY_S = 1.0
+# Each router announces itself per route in ``{q}:routers`` (member: host:pid, score: until
+# when the announcement holds), refreshed at every maintenance, so ``status`` can tell whether
+# *this route* has a router. CLIENT LIST cannot: it sees every router on the server.
+ANNOUNCE_FOR_MS = 5_000
+ROUTER_ID = f"{socket.gethostname()}:{os.getpid()}"
 IDLE_MIN_S, IDLE_MAX_S = 0.005, 0.1
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 
@@ -242,6 +249,7 @@ class Claimer:
         claim, route_batch = script(client, "claim"), script(client, "route")
         recover, expire = script(client, "recover"), script(client, "expire_parked")
         self.maintain(recover, expire)
+        self.announce(client)
         last_maintenance = time.monotonic()
         idle = IDLE_MIN_S
         while not halt.is_set():
@@ -250,6 +258,7 @@ class Claimer:
             self.ctx.metrics.beat("claimer")
             if time.monotonic() - last_maintenance >= MAINTENANCE_EVERY_S:
                 self.maintain(recover, expire)
+                self.announce(client)
                 last_maintenance = time.monotonic()
             if max(claimed) >= self.batch:
                 idle = IDLE_MIN_S  # a backlog: claim again at once
@@ -262,6 +271,15 @@ class Claimer:
                 # router polls, backing off to IDLE_MAX_S (one cheap EVALSHA per route).
                 halt.wait(idle)
                 idle = min(idle * 2, IDLE_MAX_S)
+
+    def announce(self, client: RedisClient) -> None:
+        """Say, per route, that a router serves it until now + ANNOUNCE_FOR_MS."""
+        now = self.ctx.now_ms()
+        for rk in self.routes:
+            key = rk.keys.routers
+            client.zadd(key, {ROUTER_ID: now + ANNOUNCE_FOR_MS})
+            client.zremrangebyscore(key, "-inf", now)  # announcements of routers gone
+            client.pexpire(key, ANNOUNCE_FOR_MS)
 
     def maintain(self, recover: Any, expire: Any) -> None:
         """Return expired leases to the dead-letter list; apply parking retention."""

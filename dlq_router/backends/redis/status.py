@@ -2,17 +2,17 @@
 
 Waiting retries of every tier share one zset (score = due ms * 4096 + sequence), so the
 per-tier counts read each member's ``dlq-retry-tier`` header, a page at a time, with a byte
-regex instead of decoding the envelope. "Router attached" is the count of connected clients
-named ``dlq-router-claimer`` (the router's claim loop); CLIENT LIST may be refused, and on a
-Cluster it is not asked: the count is then unknown, not zero.
+regex instead of decoding the envelope. "Router attached" is the number of routers whose
+announcement in ``{q}:routers`` still holds (each refreshes it every second, for 5 s); when
+reading it is refused the count is unknown, not zero.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 
-import redis
 import redis.exceptions as rex
 
 from dlq_router.backends.redis.connection import RedisClient, describe
@@ -27,19 +27,15 @@ from dlq_router.topology import Route, Topology
 from dlq_router.urls import redact_url
 
 PAGE = 1000
-CLAIMER = "dlq-router-claimer"
 _TIER = re.compile(rb'"dlq-retry-tier"\s*:\s*"([^"]*)"')
 
 
-def routers(client: RedisClient) -> int | None:
-    """Connected router claim loops, or None when that cannot be known."""
-    if not isinstance(client, redis.Redis):
-        return None
+def routers(client: RedisClient, key: str, now_ms: int) -> int | None:
+    """Routers announced for this route and not yet expired, or None when unreadable."""
     try:
-        clients = client.client_list()
-    except rex.ResponseError:  # CLIENT renamed or not permitted
+        return int(client.zcount(key, now_ms, "+inf"))
+    except rex.ResponseError:  # NOPERM on the key
         return None
-    return sum(1 for c in clients if c.get("name") == CLAIMER)
 
 
 def tier_counts(client: RedisClient, key: str) -> Counter[str]:
@@ -82,11 +78,11 @@ def collect(client: RedisClient, topology: Topology, *, groups: bool = True) -> 
     """Every route's status; ``groups=False`` skips reading the parked envelopes."""
     url = topology.url
     try:
-        attached = routers(client)
         routes = []
+        now = int(time.time() * 1000)
         for route in topology.routes:
             status = route_status(client, topology, route)
-            status.routers = attached
+            status.routers = routers(client, redis_keys(topology, route).routers, now)
             if groups and status.parked:
                 read_parking(RedisParkingLot(client, topology), route, status)
             add_warnings(route, status, dlq=redis_keys(topology, route).dlq)
