@@ -3,6 +3,9 @@ what it cannot read goes back out byte for byte (``to_properties``)."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,3 +45,15 @@ def test_unreadable_values_go_back_byte_for_byte(seconds: int, depth: int, text:
         assert headers["deep"] == wire.Raw(nested_arrays(depth))
     if seconds > 2**40:  # past year 9999 (or milliseconds): kept as bytes
         assert isinstance(headers["stamp"], wire.Raw)
+
+
+def test_an_unreadable_rabbitmq_value_can_be_imported_into_redis() -> None:
+    """Export from RabbitMQ, import to Redis: a value kept as wire bytes is stored tagged."""
+    from dlq_router.backends.redis.parking import _encode, envelope_for
+    from dlq_router.topology import Route
+
+    stamp = b"T" + (2**64 - 1).to_bytes(8, "big")
+    msg = ParkedMessage("p1", "emails", {"stamp": wire.Raw(stamp)}, {}, b"body")
+    route = Route.model_validate({"name": "emails", "retry": {"delays": ["1s"], "max_attempts": 2}})
+    env = json.loads(_encode(envelope_for(msg, route)))
+    assert env["headers"]["stamp"] == {"$amqp": base64.b64encode(stamp).decode("ascii")}

@@ -23,6 +23,7 @@ import redis.exceptions as rex
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
+from dlq_router.backends.rabbitmq.wire import Raw
 from dlq_router.backends.redis.connection import DeferredCall, RedisClient, describe, script
 from dlq_router.backends.redis.envelope import Envelope, work_list
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
@@ -100,6 +101,8 @@ def _json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         return str(value)
+    if isinstance(value, Raw):  # a RabbitMQ value nobody could read: kept as its wire bytes
+        return {"$amqp": base64.b64encode(value.data).decode("ascii")}
     raise TypeError(f"cannot store {type(value).__name__} in a kombu envelope")
 
 
