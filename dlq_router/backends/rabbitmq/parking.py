@@ -352,18 +352,19 @@ class RabbitParkingLot:
         try:
             for route in routes:
                 snaps.append(_Snapshot(conn, route, rabbit_names(self.topology, route).parking))
-        except pe.ChannelClosedByBroker as exc:
-            self._close(snaps)
-            if exc.reply_code == 404:
-                raise NotFound(
-                    f"parking queue of route {route.name!r} does not exist "
-                    "(run `dlq-router declare` first)"
-                ) from exc
-            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
         except (pe.AMQPError, OSError) as exc:
             self._close(snaps)
-            raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+            raise self._open_error(exc, route) from exc
         return snaps
+
+    def _open_error(self, exc: BaseException, route: Route) -> Exception:
+        """Ours for an error opening a route's snapshot: 404 is a parking queue not declared."""
+        if isinstance(exc, pe.ChannelClosedByBroker) and exc.reply_code == 404:
+            return NotFound(
+                f"parking queue of route {route.name!r} does not exist "
+                "(run `dlq-router declare` first)"
+            )
+        return BrokerUnavailable(describe(exc, self.topology.url))
 
     @staticmethod
     def _close(snaps: Sequence[_Snapshot]) -> None:
@@ -412,15 +413,8 @@ class RabbitParkingLot:
                 snap = _Snapshot(
                     conn, route, queue, read=False, sink=functools.partial(sink, index)
                 )
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:
-                    raise NotFound(
-                        f"parking queue of route {route.name!r} does not exist "
-                        "(run `dlq-router declare` first)"
-                    ) from exc
-                raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
             except (pe.AMQPError, OSError) as exc:
-                raise BrokerUnavailable(describe(exc, self.topology.url)) from exc
+                raise self._open_error(exc, route) from exc
             try:
                 yield snap
             finally:

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from dlq_router.headers import BROKER_DEATH_HEADERS
+
 BASIC_CLASS = 60  # the basic class: the only content class
 
 # Basic properties in wire order: (name, flag bit, kind). Kinds: s shortstr, o octet,
@@ -72,18 +74,7 @@ _INT = {
 }
 _FLOAT = {ord("f"): struct.Struct(">f"), ord("d"): struct.Struct(">d")}
 _U32 = struct.Struct(">I")
-_DEATH_NAMES = frozenset(
-    n.encode()
-    for n in (
-        "x-death",
-        "x-first-death-reason",
-        "x-first-death-queue",
-        "x-first-death-exchange",
-        "x-last-death-reason",
-        "x-last-death-queue",
-        "x-last-death-exchange",
-    )
-)
+_DEATH_NAMES = frozenset(n.encode() for n in BROKER_DEATH_HEADERS)
 X_DEATH = b"x-death"
 X_FIRST_DEATH_REASON = b"x-first-death-reason"
 ROUTER_PREFIX = b"dlq-"
