@@ -93,3 +93,16 @@ class RawClient:
 def table_of(headers: dict[str, Any]) -> bytes:
     """An ordinary table, encoded by the router's own encoder (str/int values)."""
     return b"".join(wire.encode_entry(k, v) for k, v in headers.items())
+
+
+# AMQP integer field types: (type octet, struct format, min, max).
+AMQP_INTS = [
+    (b"b", ">b", -(2**7), 2**7 - 1),
+    (b"B", ">B", 0, 2**8 - 1),
+    (b"s", ">h", -(2**15), 2**15 - 1),
+    (b"u", ">H", 0, 2**16 - 1),
+    (b"I", ">i", -(2**31), 2**31 - 1),
+    (b"i", ">I", 0, 2**32 - 1),
+    (b"l", ">q", -(2**63), 2**63 - 1),
+    (b"T", ">Q", 0, 2**64 - 1),
+]

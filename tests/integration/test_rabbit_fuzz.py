@@ -31,6 +31,7 @@ from dlq_router.backends.rabbitmq import wire
 from tests.conftest import TopologyFactory, route_dict
 from tests.integration.rabbit_driver import RabbitDriver
 from tests.integration.rabbit_raw import (
+    AMQP_INTS,
     RawClient,
     entry,
     frame_size,
@@ -47,16 +48,7 @@ N_HOSTILE = int(os.environ.get("FUZZ_N", "300"))
 N_VALID = 100  # per phase and route
 FRAME_MAX = 131072
 
-INTS = [
-    (b"b", ">b", -(2**7), 2**7 - 1),
-    (b"B", ">B", 0, 2**8 - 1),
-    (b"s", ">h", -(2**15), 2**15 - 1),
-    (b"u", ">H", 0, 2**16 - 1),
-    (b"I", ">i", -(2**31), 2**31 - 1),
-    (b"i", ">I", 0, 2**32 - 1),
-    (b"l", ">q", -(2**63), 2**63 - 1),
-    (b"T", ">Q", 0, 2**64 - 1),
-]
+INTS = AMQP_INTS
 
 
 def nested_tables(depth: int) -> bytes:

@@ -22,6 +22,7 @@ from dlq_router.backends.rabbitmq import message, wire
 from dlq_router.policy import PARK_REASONS, Park, Retry, decide
 from dlq_router.topology import parse_topology
 from tests.conftest import route_dict
+from tests.integration.rabbit_raw import AMQP_INTS
 
 U32 = struct.Struct(">I")
 
@@ -46,16 +47,7 @@ def nested_arrays(depth: int) -> bytes:
 
 # ---- strategies: raw field values -----------------------------------------------------
 
-INT_KINDS = [
-    (b"b", ">b", -(2**7), 2**7 - 1),
-    (b"B", ">B", 0, 2**8 - 1),
-    (b"s", ">h", -(2**15), 2**15 - 1),
-    (b"u", ">H", 0, 2**16 - 1),
-    (b"I", ">i", -(2**31), 2**31 - 1),
-    (b"i", ">I", 0, 2**32 - 1),
-    (b"l", ">q", -(2**63), 2**63 - 1),
-    (b"T", ">Q", 0, 2**64 - 1),
-]
+INT_KINDS = AMQP_INTS
 
 
 @st.composite
