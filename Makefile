@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install brokers browser lint test bench bench-attribution bench-celery demo clean
+.PHONY: install brokers browser lint test bench bench-attribution bench-parity bench-celery demo clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -45,6 +45,11 @@ bench: install brokers
 # Not part of `bench`: it takes 10-20 minutes. Pass options with ARGS="--n 20000 --repeats 5".
 bench-attribution: install brokers
 	$(PY) tests/benchmarks/bench_rabbit_attribution.py $(ARGS)
+
+# Issue 12's figures in one run: router and replay against the TCP and in-node shovels, broker
+# on its own core and on shared cores (own node, 10-15 min). ARGS=--quick for a smoke run.
+bench-parity: install brokers
+	$(PY) tests/benchmarks/bench_rabbit_parity.py $(ARGS)
 
 # dlq-router against Celery's own retries (README "dlq-router against Celery's own retries").
 # N = 10,000 by default; ARGS=--quick for N = 1,000.
