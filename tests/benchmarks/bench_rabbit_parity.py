@@ -151,7 +151,8 @@ def _ratios(runs: list[ParityRun], base: dict[int, float]) -> dict[str, float]:
 
 
 def done_when(summary: dict[str, Any]) -> dict[str, Any]:
-    """Issue 12's criteria from the medians: None where this run did not measure them."""
+    """Issue 12's criteria from the medians (the router's CPU: its worse layout); ``ok`` is
+    None where this run did not measure a criterion, and ``all`` needs every one met."""
 
     def ratio(section: str, mover: str, layout: str) -> float | None:
         row = summary.get(section, {}).get(layout, {}).get(mover, {})
@@ -316,15 +317,14 @@ def park_stock(ch: Any, sec: Section, n: int) -> None:
     if depth(ch, sec.names.dlq) != 0 or depth(ch, sec.names.parking) != n:
         raise RuntimeError("parking the stock left dead letters behind or parked some twice")
     ch.basic_qos(prefetch_count=1000)
-    last = None
     for method, props, body in ch.consume(sec.names.parking, inactivity_timeout=30):
         if method is None:
             raise RuntimeError(f"the parking queue stopped delivering after {len(sec.stock)}")
         sec.stock.append((props, body))
-        last = method.delivery_tag
+        if len(sec.stock) % 500 == 0 or len(sec.stock) == n:
+            ch.basic_ack(method.delivery_tag, multiple=True)
         if len(sec.stock) == n:
             break
-    ch.basic_ack(last, multiple=True)
     ch.cancel()
     wait_depth(ch, sec.names.parking, 0)
 
