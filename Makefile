@@ -47,7 +47,7 @@ bench-attribution: install brokers
 	$(PY) tests/benchmarks/bench_rabbit_attribution.py $(ARGS)
 
 # Issue 12's figures in one run: router and replay against the TCP and in-node shovels, broker
-# on its own core and on shared cores (own node, 10-15 min). ARGS=--quick for a smoke run.
+# on its own core and on shared cores (own node, about 5 min on 2 cores). ARGS=--quick: 1 min.
 bench-parity: install brokers
 	$(PY) tests/benchmarks/bench_rabbit_parity.py $(ARGS)
 
