@@ -22,13 +22,12 @@ instead of one round trip per message.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
 import heapq
-import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +39,7 @@ from pika.spec import Basic
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.backends.rabbitmq import rawframes, wire
+from dlq_router.backends.rabbitmq import rawframes, replaywire, wire
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import describe
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
@@ -184,6 +183,11 @@ class _Held:
     tag: int
     msg: ParkedMessage
     snapshot: _Snapshot
+    props: wire.Properties | None = None  # as delivered: replay republishes from these bytes
+
+
+# A delivery read raw (``_Snapshot(raw=True)``): (delivery tag, properties, body).
+_Delivery = tuple[int, wire.Properties, bytes]
 
 
 class _Snapshot:
@@ -203,6 +207,7 @@ class _Snapshot:
         *,
         read: bool = True,
         sink: Callable[[int, ParkedMessage], None] | None = None,
+        raw: bool = False,
     ) -> None:
         self.connection = connection
         self.route = route
@@ -210,6 +215,9 @@ class _Snapshot:
         self.held: list[_Held] = []
         # With a sink, each delivery goes there (tag, message) and nothing is held here.
         self.sink = sink
+        # raw: deliveries are only appended to ``arrived`` as they came (streaming replay)
+        self.raw = raw
+        self.arrived: list[_Delivery] = []
         self.received = 0
         self.channel = connection.channel()
         self.depth = self.channel.queue_declare(queue, passive=True).method.message_count
@@ -230,12 +238,15 @@ class _Snapshot:
     def _on_message(
         self, _ch: Any, method: Basic.Deliver, props: wire.Properties, body: bytes
     ) -> None:
-        msg = to_message(self.route.name, props, body)
         self.received += 1
+        if self.raw:
+            self.arrived.append((method.delivery_tag, props, body))
+            return
+        msg = to_message(self.route.name, props, body)
         if self.sink is not None:
             self.sink(method.delivery_tag, msg)
         else:
-            self.held.append(_Held(method.delivery_tag, msg, self))
+            self.held.append(_Held(method.delivery_tag, msg, self, props))
 
     @property
     def finished(self) -> bool:
@@ -337,10 +348,11 @@ class RabbitParkingLot:
         self.topology = topology
 
     def _connect(self) -> pika.BlockingConnection:
-        """The connection, reading content headers as bytes (``rawframes.install_reader``):
-        pika's table codec would raise on a hostile parked header inside the connection."""
+        """The connection, reading content headers as bytes and assembling deliveries without
+        pika's per-frame dispatch (``rawframes.install``): pika's table codec would raise on
+        a hostile parked header inside the connection."""
         connection = self._opener()
-        rawframes.install_reader(connection._impl)
+        rawframes.install(connection._impl)
         return connection
 
     def _routes(self, selector: Selector) -> list[Route]:
@@ -526,26 +538,33 @@ class RabbitParkingLot:
         progress: Progress,
         snaps: list[_Snapshot],
     ) -> None:
-        """Replay in queue order while reading: no limit means no need to see all first."""
+        """Replay in queue order while reading: no limit means no need to see all first.
+        Deliveries are republished from their bytes (``replaywire``); a message is decoded
+        only when a filter other than --route needs it (or its republish fails)."""
         conn = self._connect()
         publisher = _Publisher(conn, self, result, progress)
         publisher.replay_options(to_route, options)
+        decode = dataclasses.replace(selector, routes=()).has_filter
         seen: list[str] = []
         for route in self._routes(selector):
-            snap = _Snapshot(conn, route, rabbit_names(self.topology, route).parking, read=False)
+            queue = rabbit_names(self.topology, route).parking
+            snap = _Snapshot(conn, route, queue, read=False, raw=True)
             snaps.append(snap)
-            done = 0
+            target = publisher.target(snap)
             while True:
-                while done < len(snap.held):
-                    held = snap.held[done]
-                    done += 1
-                    if selector.matches(held.msg):
-                        result.selected += 1
-                        seen.append(held.msg.id)
-                        publisher.send(held)
-                    else:
-                        snap.keep(held.tag)
-                if not snap.pump() and done == len(snap.held):
+                more = snap.pump()
+                arrived, snap.arrived = snap.arrived, []
+                for tag, props, body in arrived:
+                    msg = None
+                    if decode:
+                        msg = to_message(route.name, props, body)
+                        if not selector.matches(msg):
+                            snap.keep(tag)
+                            continue
+                        seen.append(msg.id)
+                    result.selected += 1
+                    publisher.send_raw(target, tag, props, body, msg)
+                if not more and not snap.arrived:
                     break
         publisher.drain()
         result.missing = missing_ids(selector, seen)
@@ -596,6 +615,20 @@ def _keep_unchosen(snaps: Sequence[_Snapshot], chosen: Sequence[_Held]) -> None:
                 snap.keep(held.tag)
 
 
+@dataclass(eq=False)
+class _Target:
+    """Where one snapshot's replayed messages go (resolved once, not per message)."""
+
+    snapshot: _Snapshot
+    exchange: str
+    key: str
+
+
+# What a publish awaiting its confirm came from: (parked copy's snapshot and delivery tag, or
+# None and 0 for an import; the message, or its raw (properties, body) when never decoded).
+_Pending = tuple["_Snapshot | None", int, "ParkedMessage | tuple[wire.Properties, bytes]"]
+
+
 class _Publisher:
     """Publishes with a window of unconfirmed messages; acts on each confirm as it comes."""
 
@@ -614,17 +647,18 @@ class _Publisher:
         Coalescer.install(connection._impl)
         self.channel = connection.channel()
         self.impl = self.channel._impl
+        self.frames = rawframes.Publisher(connection._impl, self.impl)
         self.seq = 0
-        # publish sequence number -> (message id, on confirm, on failure)
-        self.pending: OrderedDict[int, tuple[str, Callable[[], None], Callable[[], None]]] = (
-            OrderedDict()
-        )
+        self.low = 1  # every publish below this one has been confirmed
+        self.pending: dict[int, _Pending] = {}  # publish sequence number -> what it was
         self.returned: set[int] = set()  # publish ids of returned (unroutable) publishes
         self.returned_ids: set[str] = set()  # parked ids of returned unmarked publishes
         self.exchanges: dict[str, bool] = {"": True}  # the default exchange always exists
+        self.targets: dict[_Snapshot, _Target] = {}
         self.snapshots: list[_Snapshot] = []  # where the replayed messages are held
         self.to_route: Route | None = None
         self.options = ReplayOptions()
+        self.reset = replaywire.Reset(keep_attempts=False)
         self.limiter = RateLimiter(None)
         ready: list[bool] = []
         self.impl.add_on_return_callback(self._on_return)
@@ -635,8 +669,17 @@ class _Publisher:
     def replay_options(self, to_route: Route | None, options: ReplayOptions) -> None:
         self.to_route = to_route
         self.options = options
+        self.reset = replaywire.Reset(keep_attempts=options.keep_attempts)
         # Waiting for the rate cap serves confirms (and heartbeats) meanwhile.
         self.limiter = RateLimiter(options.rate, sleep=self._serve)
+
+    def target(self, snap: _Snapshot) -> _Target:
+        found = self.targets.get(snap)
+        if found is None:
+            names = rabbit_names(self.lot.topology, self.to_route or snap.route)
+            found = self.targets[snap] = _Target(snap, names.work_exchange, names.routing_key)
+            self.snapshots.append(snap)
+        return found
 
     def _on_return(self, _ch: Any, _method: Any, props: wire.Properties, _body: bytes) -> None:
         # mandatory publish that no queue accepted; its confirm (an ack) follows
@@ -647,32 +690,65 @@ class _Publisher:
             # an unmarked publish (import keeps parked copies as exported): its parked id
             self.returned_ids.add(msg_id)
 
+    @staticmethod
+    def _ident(snap: _Snapshot | None, ref: ParkedMessage | tuple[wire.Properties, bytes]) -> str:
+        """The parked id of a publish (decoding a raw one only now, for a report)."""
+        if isinstance(ref, ParkedMessage):
+            return ref.id
+        assert snap is not None
+        return to_message(snap.route.name, *ref).id
+
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         ok = isinstance(method, Basic.Ack)
+        tag = method.delivery_tag
+        pending = self.pending
         # Single confirms may come out of order (an unroutable message is acked at once,
         # before earlier ones that wait for a queue); `multiple` covers every seq up to tag.
         if method.multiple:
-            seqs = list(itertools.takewhile(lambda s: s <= method.delivery_tag, self.pending))
+            seqs = range(self.low, tag + 1)
+            self.low = max(self.low, tag + 1)
         else:
-            seqs = [method.delivery_tag] if method.delivery_tag in self.pending else []
+            seqs = range(tag, tag + 1)
+        returned, returned_ids = self.returned, self.returned_ids
         done = 0
         for seq in seqs:
-            msg_id, on_ok, on_fail = self.pending.pop(seq)
-            returned = seq in self.returned or msg_id in self.returned_ids
-            if ok and not returned:
-                on_ok()
+            entry = pending.pop(seq, None)
+            if entry is None:
+                continue
+            snap, delivery, ref = entry
+            if (
+                ok
+                and seq not in returned
+                and not (returned_ids and self._ident(snap, ref) in returned_ids)
+            ):
+                if snap is not None:
+                    snap.leave(delivery)
                 done += 1
-            else:
-                why = "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
-                self.result.fail(msg_id, why)
-                on_fail()
-            self.returned.discard(seq)
-            self.returned_ids.discard(msg_id)
+                continue
+            msg_id = self._ident(snap, ref)
+            self.result.fail(
+                msg_id, "unroutable (no queue bound)" if ok else "refused by the broker (nack)"
+            )
+            if snap is not None:
+                snap.keep(delivery)
+            returned.discard(seq)
+            returned_ids.discard(msg_id)
+        if not method.multiple:
+            while self.low <= self.seq and self.low not in pending:
+                self.low += 1
+        self.result.replayed += done
         for snap in self.snapshots:  # one ack frame per confirm batch, not per message
             snap.flush()
         if done:
             self.progress(done)
+
+    def _room(self) -> bool:
+        """Wait while the window is full; False if the broker closed the channel (403: no
+        write permission)."""
+        while len(self.pending) >= WINDOW and self.channel.is_open:
+            self.connection.process_data_events(time_limit=0.01)
+        return bool(self.channel.is_open)
 
     def _publish(
         self,
@@ -680,25 +756,67 @@ class _Publisher:
         key: str,
         msg: ParkedMessage,
         headers: dict[str, Any],
-        on_ok: Callable[[], None],
-        on_fail: Callable[[], None],
+        snap: _Snapshot | None,
+        tag: int,
         *,
         mark: bool = True,
     ) -> None:
-        while len(self.pending) >= WINDOW and self.channel.is_open:
-            self.connection.process_data_events(time_limit=0.01)
-        if not self.channel.is_open:  # the broker closed it (403: no write permission)
+        """Publish ``msg`` with ``headers`` through pika's encoder (import; replay of a
+        message whose properties could not be split)."""
+        if not self._room():
             self.result.fail(msg.id, self._why_closed())
-            on_fail()
+            if snap is not None:
+                snap.keep(tag)
             return
         self.seq += 1
         if mark:
             headers[h.PUBLISH_ID] = self.seq  # ties a basic.return to its publish
-        self.pending[self.seq] = (msg.id, on_ok, on_fail)
+        self.pending[self.seq] = (snap, tag, msg)
         props = to_properties(msg, headers)
         self.impl.basic_publish(exchange, key, msg.body, props, mandatory=True)
         if self.seq % 100 == 0:
             self.connection.process_data_events(time_limit=0)
+
+    def send_raw(
+        self,
+        target: _Target,
+        tag: int,
+        props: wire.Properties,
+        body: bytes,
+        msg: ParkedMessage | None = None,
+    ) -> None:
+        """Republish one parked delivery from its bytes (``replaywire``: the reset headers,
+        every other entry and property as it came); ``msg`` if it was decoded already.
+        Its parked copy is acked once this is confirmed."""
+        snap = target.snapshot
+        if not self._exchange_exists(target.exchange):
+            msg_id = msg.id if msg is not None else self._ident(snap, (props, body))
+            self.result.fail(msg_id, f"exchange {target.exchange!r} does not exist")
+            snap.keep(tag)
+            return
+        if not replaywire.republishable(props):
+            msg = msg or to_message(snap.route.name, props, body)
+            self._send_decoded(target, tag, msg)
+            return
+        self.limiter.wait()
+        if not self._room():
+            msg_id = msg.id if msg is not None else self._ident(snap, (props, body))
+            self.result.fail(msg_id, self._why_closed())
+            snap.keep(tag)
+            return
+        self.seq = seq = self.seq + 1
+        table = self.reset.table(props.table, seq)  # with dlq-publish-id: ties a return to it
+        self.pending[seq] = (snap, tag, msg if msg is not None else (props, body))
+        self.frames.publish(
+            target.exchange, target.key, body, replaywire.content(props, table), mandatory=True
+        )
+        if seq % 100 == 0:
+            self.connection.process_data_events(time_limit=0)
+
+    def _send_decoded(self, target: _Target, tag: int, msg: ParkedMessage) -> None:
+        headers = reset_for_replay(msg.headers, keep_attempts=self.options.keep_attempts)
+        self.limiter.wait()
+        self._publish(target.exchange, target.key, msg, headers, target.snapshot, tag)
 
     def _exchange_exists(self, name: str) -> bool:
         if name not in self.exchanges:
@@ -718,9 +836,10 @@ class _Publisher:
         while self.pending and time.monotonic() < deadline and self.channel.is_open:
             self.connection.process_data_events(time_limit=0.01)
         why = self._why_closed()
-        for msg_id, _, on_fail in self.pending.values():  # unconfirmed: still parked
-            self.result.fail(msg_id, why)
-            on_fail()
+        for snap, tag, ref in self.pending.values():  # unconfirmed: still parked
+            self.result.fail(self._ident(snap, ref), why)
+            if snap is not None:
+                snap.keep(tag)
         self.pending.clear()
         for snap in self.snapshots:
             snap.flush()
@@ -738,26 +857,17 @@ class _Publisher:
         while (left := deadline - time.monotonic()) > 0:
             self.connection.process_data_events(time_limit=left)
 
-    def _count(self) -> None:
-        self.result.replayed += 1
-
     def send(self, held: _Held) -> None:
-        """Republish one parked message; its parked copy is acked once this is confirmed."""
-        if held.snapshot not in self.snapshots:
-            self.snapshots.append(held.snapshot)
-        exchange, key = self.lot._destination(held.msg, self.to_route)
-        if not self._exchange_exists(exchange):
-            self.result.fail(held.msg.id, f"exchange {exchange!r} does not exist")
+        """Republish one held parked message; its parked copy is acked once confirmed."""
+        target = self.target(held.snapshot)
+        if held.props is not None:
+            self.send_raw(target, held.tag, held.props, held.msg.body, held.msg)
+            return
+        if not self._exchange_exists(target.exchange):
+            self.result.fail(held.msg.id, f"exchange {target.exchange!r} does not exist")
             held.snapshot.keep(held.tag)
             return
-        headers = reset_for_replay(held.msg.headers, keep_attempts=self.options.keep_attempts)
-        self.limiter.wait()
-
-        def on_ok() -> None:
-            held.snapshot.leave(held.tag)
-            self._count()
-
-        self._publish(exchange, key, held.msg, headers, on_ok, lambda: held.snapshot.keep(held.tag))
+        self._send_decoded(target, held.tag, held.msg)
 
     def park(self, messages: Sequence[ParkedMessage]) -> None:
         """Import: publish each message to its route's parking queue, unchanged."""
@@ -775,8 +885,8 @@ class _Publisher:
                 names.parking,
                 msg,
                 dict(msg.headers),
-                self._count,
-                lambda: None,
+                None,
+                0,
                 mark=False,
             )
         self.drain()
