@@ -98,3 +98,21 @@ def test_content_replaces_only_the_table() -> None:
     assert replaywire.republishable(props)
     props.unreadable = b"?"
     assert not replaywire.republishable(props)
+
+
+@given(st.lists(st.tuples(st.sampled_from(NAMES), VALUES), max_size=6), st.binary(max_size=40))
+def test_walk_reads_what_wire_scan_reads(pairs: list[tuple[str, object]], junk: bytes) -> None:
+    for table in (encode(pairs) + junk, junk):
+        entries_, readable = wire.scan(table, 0, len(table))
+        names, stops = replaywire.walk(table)
+        assert names == [name for name, _s, _v, _e in entries_]
+        assert stops == [stop for _n, _s, _v, stop in entries_]
+        assert (stops[-1] if stops else 0) == readable
+
+
+def test_every_type_octet_is_sized_as_wire_sizes_it() -> None:
+    for kind in range(256):
+        value = bytes((kind,)) + b"\x00\x00\x00\x02" + b"ab" + bytes(8)
+        table = b"\x01k" + value
+        stop = wire.value_end(table, 2, len(table))
+        assert replaywire.walk(table)[1] == ([stop] if stop > 0 else []), chr(kind)

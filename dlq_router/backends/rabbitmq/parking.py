@@ -39,7 +39,7 @@ from pika.spec import Basic
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.backends.rabbitmq import rawframes, replaywire, wire
+from dlq_router.backends.rabbitmq import lotframes, rawframes, replaywire, wire
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import describe
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
@@ -353,6 +353,7 @@ class RabbitParkingLot:
         a hostile parked header inside the connection."""
         connection = self._opener()
         rawframes.install(connection._impl)
+        lotframes.install(connection._impl)  # basic.deliver and body frames read directly
         return connection
 
     def _routes(self, selector: Selector) -> list[Route]:

@@ -1,0 +1,71 @@
+"""The parking lot's reader of basic.deliver and body frames against pika's decode_frame."""
+
+from __future__ import annotations
+
+import pika.frame
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pika import exceptions, spec
+
+from dlq_router.backends.rabbitmq import lotframes
+
+SHORT = st.one_of(st.text(max_size=30), st.binary(max_size=30))
+
+
+def same(ours: object, theirs: object) -> None:
+    assert type(ours) is type(theirs)
+    assert vars(ours) == vars(theirs)
+    if isinstance(ours, pika.frame.Method):
+        assert type(ours.method) is type(theirs.method)  # type: ignore[attr-defined]
+        assert vars(ours.method) == vars(theirs.method)  # type: ignore[attr-defined]
+
+
+@given(
+    channel=st.integers(1, 65535),
+    consumer_tag=SHORT,
+    delivery_tag=st.integers(0, 2**64 - 1),
+    redelivered=st.booleans(),
+    exchange=SHORT,
+    routing_key=SHORT,
+    rest=st.binary(max_size=20),
+)
+def test_deliver_frames_read_as_pika_reads_them(
+    channel: int,
+    consumer_tag: str | bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    exchange: str | bytes,
+    routing_key: str | bytes,
+    rest: bytes,
+) -> None:
+    method = spec.Basic.Deliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
+    data = pika.frame.Method(channel, method).marshal()
+    ours, theirs = lotframes.read_frame(data + rest), pika.frame.decode_frame(data + rest)
+    assert ours[0] == theirs[0] == len(data)
+    same(ours[1], theirs[1])
+    for cut in (1, 7, 9, len(data) - 1):
+        assert lotframes.read_frame(data[:cut]) == (0, None)
+
+
+@given(channel=st.integers(1, 65535), body=st.binary(max_size=300), rest=st.binary(max_size=9))
+def test_body_frames_read_as_pika_reads_them(channel: int, body: bytes, rest: bytes) -> None:
+    data = pika.frame.Body(channel, body).marshal()
+    ours, theirs = lotframes.read_frame(data + rest), pika.frame.decode_frame(data + rest)
+    assert ours[0] == theirs[0] == len(data)
+    same(ours[1], theirs[1])
+    assert lotframes.read_frame(data[:-1]) == (0, None)
+
+
+def test_bad_frames_raise_as_pika_does_and_other_frames_go_to_pika() -> None:
+    body = pika.frame.Body(1, b"abc").marshal()
+    with pytest.raises(exceptions.InvalidFrameError):
+        lotframes.read_frame(body[:-1] + b"\x00")
+    short = pika.frame.Method(1, spec.Basic.Deliver("t", 1, False, "e", "k")).marshal()
+    cut = short[:3] + (len(short) - 8 - 2).to_bytes(4, "big") + short[7:-3] + b"\xce"
+    with pytest.raises(exceptions.InvalidFrameError):
+        lotframes.read_frame(cut)  # the routing key runs past the frame
+    ack = pika.frame.Method(1, spec.Basic.Ack(delivery_tag=7, multiple=True)).marshal()
+    consumed, value = lotframes.read_frame(ack)
+    assert consumed == len(ack) and value.method.multiple and value.method.delivery_tag == 7
+    assert lotframes.read_frame(b"") == (0, None)
