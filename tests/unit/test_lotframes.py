@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pika import exceptions, spec
 
-from dlq_router.backends.rabbitmq import lotframes
+from dlq_router.backends.rabbitmq import lotframes, replaywire, wire
 
 SHORT = st.one_of(st.text(max_size=30), st.binary(max_size=30))
 
@@ -69,3 +69,53 @@ def test_bad_frames_raise_as_pika_does_and_other_frames_go_to_pika() -> None:
     consumed, value = lotframes.read_frame(ack)
     assert consumed == len(ack) and value.method.multiple and value.method.delivery_tag == 7
     assert lotframes.read_frame(b"") == (0, None)
+
+
+SHORTSTR = st.binary(max_size=12).map(lambda b: bytes((len(b),)) + b)
+FIELD = {
+    "s": SHORTSTR,
+    "o": st.binary(min_size=1, max_size=1),
+    "q": st.binary(min_size=8, max_size=8),
+}
+
+
+@st.composite
+def property_lists(draw: st.DrawFn) -> wire.Properties:
+    fields: list[bytes | None] = [
+        draw(st.none() | FIELD[kind]) if kind != "t" else None for _n, _b, kind in wire.FIELDS
+    ]
+    table = draw(st.none() | st.binary(max_size=40))
+    return wire.Properties(fields, table)
+
+
+def header_frame(props: wire.Properties, body_size: int = 3) -> bytes:
+    return pika.frame.Header(9, body_size, props).marshal()
+
+
+@given(props=property_lists(), table=st.binary(max_size=40))
+def test_content_keeps_the_property_list_and_replaces_only_the_table(
+    props: wire.Properties, table: bytes
+) -> None:
+    data = header_frame(props)
+    consumed, value = lotframes.read_frame(data + b"\x08", content=True)
+    assert consumed == len(data) and (value.channel_number, value.body_size) == (9, 3)
+    got = value.properties
+    assert isinstance(got, lotframes.Content)
+    assert got.table == props.table
+    split = got.properties()
+    assert (split.fields, split.table) == (props.fields, props.table)
+    assert got.with_table(table) == replaywire.content(props, table)
+    assert lotframes.read_frame(data[:-1], content=True) == (0, None)
+
+
+def test_content_headers_it_cannot_lay_out_go_to_rawframes() -> None:
+    props = wire.Properties([None] * len(wire.FIELDS), b"", flag_tail=b"\x00\x00")
+    consumed, value = lotframes.read_frame(header_frame(props), content=True)
+    assert isinstance(value.properties, wire.Properties)  # flag continuation: split
+    plain = wire.Properties([None] * len(wire.FIELDS), b"abc")
+    consumed, value = lotframes.read_frame(header_frame(plain), content=False)
+    assert isinstance(value.properties, wire.Properties)  # not asked for
+    overrun = bytearray(header_frame(plain))
+    overrun[21:25] = (500).to_bytes(4, "big")  # the table's length runs past the frame
+    consumed, value = lotframes.read_frame(bytes(overrun), content=True)
+    assert consumed == len(overrun) and value.properties.unreadable is not None

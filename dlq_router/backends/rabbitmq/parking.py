@@ -187,7 +187,12 @@ class _Held:
 
 
 # A delivery read raw (``_Snapshot(raw=True)``): (delivery tag, properties, body).
-_Delivery = tuple[int, wire.Properties, bytes]
+_Props = Any  # wire.Properties | lotframes.Content: a delivery's properties as read
+_Delivery = tuple[int, _Props, bytes]
+
+
+def _fields(props: wire.Properties | lotframes.Content) -> wire.Properties:
+    return props.properties() if isinstance(props, lotframes.Content) else props
 
 
 class _Snapshot:
@@ -235,13 +240,12 @@ class _Snapshot:
             while self.pump():
                 pass
 
-    def _on_message(
-        self, _ch: Any, method: Basic.Deliver, props: wire.Properties, body: bytes
-    ) -> None:
+    def _on_message(self, _ch: Any, method: Basic.Deliver, props: Any, body: bytes) -> None:
         self.received += 1
         if self.raw:
             self.arrived.append((method.delivery_tag, props, body))
             return
+        props = _fields(props)
         msg = to_message(self.route.name, props, body)
         if self.sink is not None:
             self.sink(method.delivery_tag, msg)
@@ -543,6 +547,7 @@ class RabbitParkingLot:
         Deliveries are republished from their bytes (``replaywire``); a message is decoded
         only when a filter other than --route needs it (or its republish fails)."""
         conn = self._connect()
+        lotframes.install(conn._impl, content=True)  # properties stay one piece of bytes
         publisher = _Publisher(conn, self, result, progress)
         publisher.replay_options(to_route, options)
         decode = dataclasses.replace(selector, routes=()).has_filter
@@ -558,7 +563,7 @@ class RabbitParkingLot:
                 for tag, props, body in arrived:
                     msg = None
                     if decode:
-                        msg = to_message(route.name, props, body)
+                        msg = to_message(route.name, _fields(props), body)
                         if not selector.matches(msg):
                             snap.keep(tag)
                             continue
@@ -627,7 +632,7 @@ class _Target:
 
 # What a publish awaiting its confirm came from: (parked copy's snapshot and delivery tag, or
 # None and 0 for an import; the message, or its raw (properties, body) when never decoded).
-_Pending = tuple["_Snapshot | None", int, "ParkedMessage | tuple[wire.Properties, bytes]"]
+_Pending = tuple["_Snapshot | None", int, "ParkedMessage | tuple[_Props, bytes]"]
 
 
 class _Publisher:
@@ -692,12 +697,12 @@ class _Publisher:
             self.returned_ids.add(msg_id)
 
     @staticmethod
-    def _ident(snap: _Snapshot | None, ref: ParkedMessage | tuple[wire.Properties, bytes]) -> str:
+    def _ident(snap: _Snapshot | None, ref: ParkedMessage | tuple[_Props, bytes]) -> str:
         """The parked id of a publish (decoding a raw one only now, for a report)."""
         if isinstance(ref, ParkedMessage):
             return ref.id
         assert snap is not None
-        return to_message(snap.route.name, *ref).id
+        return to_message(snap.route.name, _fields(ref[0]), ref[1]).id
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -782,7 +787,7 @@ class _Publisher:
         self,
         target: _Target,
         tag: int,
-        props: wire.Properties,
+        props: _Props,
         body: bytes,
         msg: ParkedMessage | None = None,
     ) -> None:
@@ -795,7 +800,8 @@ class _Publisher:
             self.result.fail(msg_id, f"exchange {target.exchange!r} does not exist")
             snap.keep(tag)
             return
-        if not replaywire.republishable(props):
+        whole = type(props) is lotframes.Content
+        if not whole and not replaywire.republishable(props):
             msg = msg or to_message(snap.route.name, props, body)
             self._send_decoded(target, tag, msg)
             return
@@ -808,9 +814,8 @@ class _Publisher:
         self.seq = seq = self.seq + 1
         table = self.reset.table(props.table, seq)  # with dlq-publish-id: ties a return to it
         self.pending[seq] = (snap, tag, msg if msg is not None else (props, body))
-        self.frames.publish(
-            target.exchange, target.key, body, replaywire.content(props, table), mandatory=True
-        )
+        plist = props.with_table(table) if whole else replaywire.content(props, table)
+        self.frames.publish(target.exchange, target.key, body, plist, mandatory=True)
         if seq % 100 == 0:
             self.connection.process_data_events(time_limit=0)
 
