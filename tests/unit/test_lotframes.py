@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pika.frame
 import pytest
 from hypothesis import given
@@ -119,3 +121,64 @@ def test_content_headers_it_cannot_lay_out_go_to_rawframes() -> None:
     overrun[21:25] = (500).to_bytes(4, "big")  # the table's length runs past the frame
     consumed, value = lotframes.read_frame(bytes(overrun), content=True)
     assert consumed == len(overrun) and value.properties.unreadable is not None
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self._frame_buffer = b""
+        self.bytes_received = 0
+        self.is_closed = False
+        self.frames: list[Any] = []
+
+    def _process_frame(self, value: Any) -> None:
+        self.frames.append(value)
+
+
+def stream_of_frames() -> tuple[bytes, int]:
+    out = []
+    for i in range(30):
+        method = spec.Basic.Deliver("ctag", i + 1, False, "", "k")
+        out.append(pika.frame.Method(1, method).marshal())
+        props = wire.Properties([None] * len(wire.FIELDS), b"\x01aS\x00\x00\x00\x01x" * (i % 3))
+        body = bytes(range(i * 7 % 256)) * 3
+        out.append(pika.frame.Header(1, len(body), props).marshal())
+        out.append(pika.frame.Body(1, body).marshal())
+        if i % 7 == 0:
+            out.append(pika.frame.Method(1, spec.Basic.Ack(delivery_tag=i)).marshal())
+    return b"".join(out), len(out)
+
+
+@given(cuts=st.lists(st.integers(1, 400), max_size=40))
+def test_data_reader_reads_any_split_of_the_stream_in_order(cuts: list[int]) -> None:
+    data, count = stream_of_frames()
+    conn = FakeConnection()
+    reader = lotframes.DataReader(conn)
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        if pos < len(data):
+            reader(data[pos : pos + cut])
+            pos += cut
+    assert conn._frame_buffer == b"" and conn.bytes_received == len(data)
+    assert len(conn.frames) == count
+    expected, at = [], 0
+    while at < len(data):
+        used, value = lotframes.read_frame(data[at:], content=True)
+        expected.append(value)
+        at += used
+    assert [type(f) for f in conn.frames] == [type(f) for f in expected]
+    assert [
+        f.marshal() if not isinstance(f, pika.frame.Header) else f.body_size for f in conn.frames
+    ] == [f.marshal() if not isinstance(f, pika.frame.Header) else f.body_size for f in expected]
+
+
+def test_data_reader_stops_when_the_connection_closed() -> None:
+    data, _count = stream_of_frames()
+    conn = FakeConnection()
+
+    def close_after_one(value: Any) -> None:
+        conn.frames.append(value)
+        conn.is_closed = True
+
+    conn._process_frame = close_after_one  # type: ignore[method-assign]
+    lotframes.DataReader(conn)(data)
+    assert len(conn.frames) == 1 and conn._frame_buffer == b""

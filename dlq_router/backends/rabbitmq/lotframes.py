@@ -28,23 +28,30 @@ _DELIVER = (spec.Basic.Deliver.INDEX).to_bytes(4, "big")  # class basic (60), me
 def read_frame(buffer: bytes, content: bool = False) -> tuple[int, Any]:
     """``rawframes.read_frame``, with basic.deliver and body frames read here (and, with
     ``content``, basic content headers as ``Content``)."""
-    if len(buffer) >= 8:
-        kind = buffer[0]
-        if content and kind == spec.FRAME_HEADER:
-            found = _content(buffer)
-            if found is not None:
-                return found
-        if kind == spec.FRAME_BODY or (kind == spec.FRAME_METHOD and buffer[7:11] == _DELIVER):
-            end = 8 + int.from_bytes(buffer[3:7], "big")  # header 7 + payload + end octet
+    return read_at(buffer, 0, content)
+
+
+def read_at(buffer: bytes, pos: int, content: bool = False) -> tuple[int, Any]:
+    """``read_frame`` of the frame starting at ``pos``: (its size, the frame) or (0, None)."""
+    if len(buffer) - pos >= 8:
+        kind = buffer[pos]
+        if kind == spec.FRAME_BODY or (
+            kind == spec.FRAME_METHOD and buffer[pos + 7 : pos + 11] == _DELIVER
+        ):
+            end = pos + 8 + int.from_bytes(buffer[pos + 3 : pos + 7], "big")
             if end > len(buffer):
                 return 0, None  # not all of it yet
             if buffer[end - 1] != spec.FRAME_END:
                 raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
-            channel = int.from_bytes(buffer[1:3], "big")
+            channel = int.from_bytes(buffer[pos + 1 : pos + 3], "big")
             if kind == spec.FRAME_BODY:
-                return end, frame.Body(channel, buffer[7 : end - 1])
-            return end, frame.Method(channel, _deliver(buffer, 11, end - 1))
-    return rawframes.read_frame(buffer)
+                return end - pos, frame.Body(channel, buffer[pos + 7 : end - 1])
+            return end - pos, frame.Method(channel, _deliver(buffer, pos + 11, end - 1))
+        if content and kind == spec.FRAME_HEADER:
+            found = _content(buffer, pos)
+            if found is not None:
+                return found
+    return rawframes.read_frame(buffer[pos:] if pos else buffer)
 
 
 def _short(buf: bytes, pos: int) -> tuple[str | bytes, int]:
@@ -106,21 +113,22 @@ class Content:
         )
 
 
-def _content(buffer: bytes) -> tuple[int, frame.Header] | None:
-    """A basic content header frame as ``Content``; None when it is not one, not all here,
-    or not plainly laid out (flag continuation, fields past the frame): ``rawframes`` then
-    reads it (or waits for the rest)."""
-    if len(buffer) < 22:
+def _content(buffer: bytes, start: int) -> tuple[int, frame.Header] | None:
+    """The basic content header frame at ``start`` as ``Content``; None when it is not one,
+    not all here, or not plainly laid out (flag continuation, fields past the frame):
+    ``rawframes`` then reads it (or waits for the rest)."""
+    if len(buffer) - start < 22:
         return None
-    end = 8 + int.from_bytes(buffer[3:7], "big")
+    end = start + 8 + int.from_bytes(buffer[start + 3 : start + 7], "big")
     if end > len(buffer) or buffer[end - 1] != spec.FRAME_END:
         return None
-    if int.from_bytes(buffer[7:9], "big") != wire.BASIC_CLASS:
+    if int.from_bytes(buffer[start + 7 : start + 9], "big") != wire.BASIC_CLASS:
         return None
-    flags = (buffer[19] << 8) | buffer[20]
+    props_at = start + 19  # after type, channel, size, class, weight, body size
+    flags = (buffer[props_at] << 8) | buffer[props_at + 1]
     if flags & 1:
         return None
-    pos, stop = 21, end - 1
+    pos, stop = props_at + 2, end - 1
     for bit in _BEFORE_HEADERS:
         if flags & bit:
             if pos >= stop:
@@ -133,18 +141,67 @@ def _content(buffer: bytes) -> tuple[int, frame.Header] | None:
         table_end = pos + 4 + _U32.unpack_from(buffer, pos)[0]
         if table_end > stop:
             return None
-        table_end -= 19
+        table_end -= props_at
     if pos > stop:
         return None
-    props = Content(buffer[19:stop], pos - 19, table_end)
-    channel = int.from_bytes(buffer[1:3], "big")
-    return end, frame.Header(channel, int.from_bytes(buffer[11:19], "big"), props)
+    props = Content(buffer[props_at:stop], pos - props_at, table_end)
+    channel = int.from_bytes(buffer[start + 1 : start + 3], "big")
+    size = int.from_bytes(buffer[start + 11 : props_at], "big")
+    return end - start, frame.Header(channel, size, props)
 
 
 def install(connection: Any, *, content: bool = False) -> None:
-    """Read ``connection``'s frames with ``read_frame`` (after ``rawframes.install``)."""
+    """Read ``connection``'s frames with ``read_frame`` (after ``rawframes.install``).
+
+    With ``content``, also take over pika's ``_on_data_available`` (``DataReader``) and
+    read the socket in larger pieces."""
 
     def _read_frame() -> tuple[int, Any]:
         return read_frame(connection._frame_buffer, content)
 
     connection._read_frame = _read_frame
+    if content:
+        connection._on_data_available = DataReader(connection)
+        transport = getattr(connection, "_transport", None)
+        if transport is not None and hasattr(transport, "_MAX_RECV_BYTES"):
+            transport._MAX_RECV_BYTES = RECV_BYTES
+
+
+# pika reads 4 KiB per recv() (ten small deliveries): one pass through its ioloop,
+# transport and protocol layers each. With frames read by offset (``DataReader``) a
+# larger read costs no extra copying.
+RECV_BYTES = 64 * 1024
+
+
+class DataReader:
+    """pika's ``Connection._on_data_available`` reading frames by offset.
+
+    pika appends what the socket gave to ``_frame_buffer`` and, after each frame, cuts the
+    frame off the front (a copy of the rest of the buffer per frame: with larger reads
+    that copying grows with the read size). Here the frames of one read are taken at
+    offsets and only the incomplete tail is kept; each still goes to the connection's
+    ``_process_frame``, in order, with ``bytes_received`` counted as pika counts it.
+    """
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def __call__(self, data_in: bytes) -> None:
+        connection = self.connection
+        buffer = connection._frame_buffer + data_in if connection._frame_buffer else data_in
+        pos, size = 0, len(buffer)
+        try:
+            while pos < size:
+                consumed, value = read_at(buffer, pos, True)
+                if value is None:
+                    break
+                pos += consumed
+                connection.bytes_received += consumed
+                connection._process_frame(value)
+                if connection.is_closed:  # pika resets its buffer then: nothing more to read
+                    pos = size
+                    break
+        finally:
+            connection._frame_buffer = buffer[pos:] if pos else buffer
