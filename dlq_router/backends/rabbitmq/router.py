@@ -218,6 +218,7 @@ class Router:
         self.connection: Any = None
         self.channel: Any = None
         self.publisher: rawframes.Publisher | None = None
+        self.inbound: rawframes.Inbound | None = None
         self.generation = 0
         self._reset()
 
@@ -256,7 +257,8 @@ class Router:
                 on_close_callback=self._on_closed,
             )
             Coalescer.install(self.connection)
-            rawframes.install(self.connection)  # content headers as bytes (rawframes.py)
+            # Deliveries and confirms read from the bytes, headers kept raw (rawframes.py).
+            self.inbound = rawframes.install(self.connection)
             self.connection.ioloop.call_later(TICK, self._tick)
             try:
                 self.connection.ioloop.start()
@@ -347,6 +349,7 @@ class Router:
 
     def _on_open(self, connection: Any) -> None:
         self.frame_max = connection.params.frame_max
+        rawframes.read_more(connection)
         connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, _connection: Any, exc: BaseException) -> None:
@@ -364,6 +367,9 @@ class Router:
         self.publisher = rawframes.Publisher(self.connection, channel)
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
+        if self.inbound is not None:
+            self.inbound.channel = channel.channel_number
+            self.inbound.confirms[channel.channel_number] = self._confirmed
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_mode)
 
     def _on_confirm_mode(self, _frame: Any) -> None:
@@ -379,10 +385,20 @@ class Router:
             self._start_consumer(r, on_ok)
 
     def _start_consumer(self, r: _Route, on_ok: Any = None) -> None:
-        r.consumer_tag = self.channel.basic_consume(
+        tag = r.consumer_tag = self.channel.basic_consume(
             r.names.dlq, functools.partial(self._on_message, r), callback=on_ok
         )
+        if self.inbound is not None:  # its deliveries skip pika's frame objects
+            self.inbound.register(tag, functools.partial(self._on_delivery, r))
         r.consumer_held = 0
+
+    def _cancel(self, r: _Route) -> None:
+        if r.consumer_tag is None:
+            return
+        if self.inbound is not None:
+            self.inbound.unregister(r.consumer_tag)  # late deliveries: pika rejects them
+        self.channel.basic_cancel(r.consumer_tag)
+        r.consumer_tag = None
 
     def _on_consume_ok(self, _frame: Any) -> None:
         if self.consuming or any(r.consumer_tag is None for r in self.routes):
@@ -406,7 +422,12 @@ class Router:
     def _on_message(
         self, r: _Route, _ch: Any, method: Any, props: wire.Properties, body: bytes
     ) -> None:
-        tag = method.delivery_tag
+        """A delivery through pika (before ``Inbound`` knows the consumer)."""
+        self._on_delivery(r, method.delivery_tag, method.consumer_tag, props, body)
+
+    def _on_delivery(
+        self, r: _Route, tag: int, consumer: str, props: wire.Properties, body: bytes
+    ) -> None:
         if self.budget.add(tag, len(body)) and not self.draining:
             self._pause()
         if self.draining:
@@ -426,9 +447,9 @@ class Router:
                 continuous_jitter=False,
             )
             message.carry_over(props, table, decision.headers, self.user)
-            self._publish(_Publish(tag, r, decision, props, table, body, method.consumer_tag))
+            self._publish(_Publish(tag, r, decision, props, table, body, consumer))
         except Exception as exc:  # the guard: one message must never stop a route
-            self._park_error(r, tag, original, body, method.consumer_tag, exc)
+            self._park_error(r, tag, original, body, consumer, exc)
 
     def _park_error(
         self,
@@ -554,17 +575,20 @@ class Router:
         )
 
     def _on_confirm(self, frame: Any) -> None:
+        """A confirm through pika (``Inbound`` reads them on the router's channel)."""
         m = frame.method
-        ack = isinstance(m, spec.Basic.Ack)
+        self._confirmed(isinstance(m, spec.Basic.Ack), m.delivery_tag, m.multiple)
+
+    def _confirmed(self, ack: bool, tag: int, multiple: bool) -> None:
         pending = self.pending
-        if m.multiple:
+        if multiple:
             while pending:
                 seq = next(iter(pending))
-                if seq > m.delivery_tag:
+                if seq > tag:
                     break
                 self._settle(pending.pop(seq), ack)
         else:
-            publish = pending.pop(m.delivery_tag, None)
+            publish = pending.pop(tag, None)
             if publish is not None:
                 self._settle(publish, ack)
         self._flush()
@@ -732,7 +756,7 @@ class Router:
             return
         if len(self.held) >= MAX_HELD:
             return  # the bound: retries behind wait until parks are confirmed again
-        self.channel.basic_cancel(r.consumer_tag)
+        self._cancel(r)
         self._start_consumer(r)
 
     def _retry_held(self, generation: int, tag: int) -> None:
@@ -774,9 +798,7 @@ class Router:
 
     def _cancel_consumers(self) -> None:
         for r in self.routes:
-            if r.consumer_tag is not None:
-                self.channel.basic_cancel(r.consumer_tag)
-                r.consumer_tag = None
+            self._cancel(r)
 
     def _consume(self, window: int) -> None:
         self.budget.consuming_with(window, time.monotonic())
