@@ -27,6 +27,7 @@ touches one Cluster slot, and ``{emails}`` hashes to the same slot as kombu's ``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from dlq_router.durations import format_duration_ms
@@ -48,14 +49,17 @@ class Lane:
     ttl_ms: int
 
 
-def tier_lanes(policy: RetryPolicy, index: int) -> list[int]:
+def tier_lanes(policy: RetryPolicy, index: int) -> tuple[int, ...]:
     """The fixed TTLs that realise tier ``index``: one without jitter, else evenly spread."""
-    delay = policy.delays[index]
-    if policy.jitter == 0:
-        return [delay]
-    n = policy.jitter_lanes
-    low, high = delay * (1 - policy.jitter), delay * (1 + policy.jitter)
-    return [max(1, round(low + (high - low) * k / (n - 1))) for k in range(n)]
+    return _lanes(policy.delays[index], policy.jitter, policy.jitter_lanes)
+
+
+@functools.lru_cache(maxsize=1024)  # the router asks for every dead letter
+def _lanes(delay: int, jitter: float, n: int) -> tuple[int, ...]:
+    if jitter == 0:
+        return (delay,)
+    low, high = delay * (1 - jitter), delay * (1 + jitter)
+    return tuple(max(1, round(low + (high - low) * k / (n - 1))) for k in range(n))
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def test_derived_names_and_lanes() -> None:
     assert [lane.ttl_ms for lane in n.tiers[1].lanes] == [9000, 10000, 11000]
     plain = parse_topology(base())
     assert rabbit_names(plain, plain.routes[0]).tiers[0].lanes[0].queue == "emails.retry.1s"
-    assert tier_lanes(plain.routes[0].retry, 1) == [10_000]
+    assert tier_lanes(plain.routes[0].retry, 1) == (10_000,)
     keys = redis_keys(topo, topo.routes[0])
     assert (keys.work, keys.dlq, keys.retry) == ("emails", "app:{emails}:dlq", "app:{emails}:retry")
 

@@ -200,6 +200,7 @@ class Inbound:
     """
 
     __slots__ = (
+        "after",
         "channel",
         "confirms",
         "connection",
@@ -218,6 +219,7 @@ class Inbound:
         self.channel = -1  # the channel whose deliveries and confirms are read here
         self.consumers: dict[bytes, tuple[OnDelivery, str]] = {}
         self.confirms: dict[int, OnConfirm] = {}  # channel number -> its confirm callback
+        self.after: Callable[[], None] | None = None  # called after each read's frames
         # The delivery being assembled (a registered consumer's): tag, consumer, callback.
         self.pending: tuple[int, str, OnDelivery] | None = None
         self.props: Properties | None = None
@@ -292,6 +294,8 @@ class Inbound:
         finally:
             conn._frame_buffer = buf[pos:] if pos < length else b""
             conn.bytes_received += pos
+            if self.after is not None:
+                self.after()
 
     def _reset(self) -> None:
         self.pending = self.props = None

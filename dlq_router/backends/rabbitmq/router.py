@@ -84,6 +84,10 @@ class _Route:
     last_hold_log: float = 0.0
     consumer_tag: str | None = None
     consumer_held: int = 0  # held dead letters delivered to the current consumer
+    # Counted here per message and added to the metrics after each read (``_count``):
+    # a Prometheus increment takes a lock, twice per dead letter.
+    new_dead_letters: int = 0
+    new_retries: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         name = self.route.name
@@ -99,6 +103,16 @@ class _Route:
         }
         self.held = m.held.labels(name)
         self.held_too_long = m.held_too_long.labels(name)
+        self.new_retries = [0] * len(self.retries)
+
+    def count(self) -> None:
+        if self.new_dead_letters:
+            self.dead_letters.inc(self.new_dead_letters)
+            self.new_dead_letters = 0
+        for tier, n in enumerate(self.new_retries):
+            if n:
+                self.retries[tier].inc(n)
+                self.new_retries[tier] = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -259,10 +273,12 @@ class Router:
             Coalescer.install(self.connection)
             # Deliveries and confirms read from the bytes, headers kept raw (rawframes.py).
             self.inbound = rawframes.install(self.connection)
+            self.inbound.after = self._count
             self.connection.ioloop.call_later(TICK, self._tick)
             try:
                 self.connection.ioloop.start()
             finally:
+                self._count()
                 self.ctx.metrics.set_ready(False)
                 self.connection.ioloop.close()
             if self.ctx.stop.is_set():
@@ -277,8 +293,13 @@ class Router:
             delay = min(delay * 2, RECONNECT_MAX)
         self.log.info("router stopped")
 
+    def _count(self) -> None:
+        for r in self.routes:
+            r.count()
+
     def _tick(self) -> None:
         """Runs every TICK seconds until the ioloop stops: the only reader of the flags."""
+        self._count()
         self.ctx.metrics.in_flight_bytes.set(self.budget.held)
         self._maybe_widen()
         if self.ctx.abort.is_set():
@@ -434,7 +455,7 @@ class Router:
             self.deliveries[tag] = WAITING  # returns to the DLQ when the channel closes
             return
         self.deliveries[tag] = IN_FLIGHT
-        r.dead_letters.inc()
+        r.new_dead_letters += 1
         original = props.copy()  # for the guard: routing drops expiration/user_id
         try:
             table = wire.Table(props.table)
@@ -610,7 +631,7 @@ class Router:
         if self.held:
             self._release(p)
         if isinstance(decision, Retry):
-            r.retries[decision.tier].inc()
+            r.new_retries[decision.tier] += 1
             if self.debug:
                 self.log.debug(
                     "retry message_id=%s attempt %d on %s tier, due in %d ms",

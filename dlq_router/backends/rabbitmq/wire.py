@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from dlq_router.headers import BROKER_DEATH_HEADERS
@@ -251,6 +252,25 @@ def newest_death(buf: bytes, pos: int, stop: int) -> dict[str, Any]:
     return out
 
 
+# Newest death records by their ``x-death`` value's bytes. The broker writes the same bytes
+# for every message of one queue dead-lettered in the same second for the same reason and
+# count (its ``time`` field is in seconds), so a burst of dead letters reads it once.
+# Bounded: cleared when full. The records are shared, hence read-only.
+_DEATHS: dict[bytes, Mapping[str, Any]] = {}
+_NO_DEATH: Mapping[str, Any] = MappingProxyType({})
+
+
+def death_record(buf: bytes, pos: int, stop: int) -> Mapping[str, Any]:
+    """``newest_death`` of ``buf[pos:stop]``, decoded once per distinct value."""
+    key = buf[pos:stop]
+    found = _DEATHS.get(key)
+    if found is None:
+        if len(_DEATHS) >= _CACHE_MAX:
+            _DEATHS.clear()
+        found = _DEATHS[key] = MappingProxyType(newest_death(key, 0, len(key)))
+    return found
+
+
 class Properties:
     """One content header's basic properties as raw fields, headers read as described above.
 
@@ -418,7 +438,7 @@ class Table:
         self.foreign: list[bytes] = []  # whole entries, in order
         self.ours: dict[str, Any] = {}  # dlq-* name -> value
         self.ours_raw: dict[str, bytes] = {}  # dlq-* name -> whole entry as it came
-        self.death: dict[str, Any] = {}
+        self.death: Mapping[str, Any] = _NO_DEATH  # shared and read-only (death_record)
         self.first_death_reason: str | None = None
         self.tail = b""  # bytes past the last entry that could be sized (kept last)
         if not table:
@@ -454,7 +474,7 @@ class Table:
                     continue
                 if name in _DEATH_NAMES:
                     if name == X_DEATH:
-                        self.death = newest_death(table, value, stop)
+                        self.death = death_record(table, value, stop)
                     elif name == X_FIRST_DEATH_REASON:
                         self.first_death_reason = text(read_value(table, value, stop))
                     continue
@@ -478,6 +498,8 @@ class Table:
                 append(raw[name])
             elif type(value) is int and -(2**31) <= value < 2**31:
                 append(_name(name) + b"I" + value.to_bytes(4, "big", signed=True))
+            elif type(value) is int and -(2**63) <= value < 2**63:  # ms timestamps
+                append(_name(name) + b"l" + value.to_bytes(8, "big", signed=True))
             else:
                 append(encode_entry(name, value))
         pieces.append(self.tail)
