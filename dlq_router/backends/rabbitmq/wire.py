@@ -80,6 +80,7 @@ X_DEATH = b"x-death"
 X_FIRST_DEATH_REASON = b"x-first-death-reason"
 ROUTER_PREFIX = b"dlq-"
 _D_OR_X = frozenset(b"dx")
+_CACHE_MAX = 4096  # entries in each of this module's caches (each is cleared when full)
 
 
 class Raw:
@@ -271,16 +272,35 @@ def death_record(buf: bytes, pos: int, stop: int) -> Mapping[str, Any]:
     return found
 
 
+# Which fields a property flags word holds, in wire order: (index in FIELDS, kind). One
+# producer sends the same flags for every message, so each word is worked out once.
+_PLANS: dict[int, tuple[tuple[int, str], ...]] = {}
+
+
+def _plan(flags: int) -> tuple[tuple[int, str], ...]:
+    plan = _PLANS.get(flags)
+    if plan is None:
+        plan = tuple((i, kind) for i, (_n, bit, kind) in enumerate(FIELDS) if flags & bit)
+        if len(_PLANS) < _CACHE_MAX:
+            _PLANS[flags] = plan
+    return plan
+
+
 class Properties:
     """One content header's basic properties as raw fields, headers read as described above.
 
     ``fields[i]`` is the encoded field ``FIELDS[i]`` (shortstr with its length octet) or
     None; the headers table is ``table`` (without its length) and not in ``fields``.
     Mutable: the router drops ``expiration``/``user_id`` and replaces the table.
+
+    Parsed properties also keep the bytes around the table (``before``: flags and the
+    fields ahead of it; ``after``: the rest) and the fields as parsed: while the fields are
+    unchanged, ``encode`` writes those bytes around the new table instead of rebuilding
+    every field.
     """
 
     INDEX = BASIC_CLASS  # what pika reads from the properties it publishes
-    __slots__ = ("fields", "flag_tail", "table", "unreadable")
+    __slots__ = ("after", "before", "fields", "flag_tail", "parsed", "table", "unreadable")
 
     def __init__(
         self, fields: list[bytes | None], table: bytes | None, flag_tail: bytes = b""
@@ -289,6 +309,8 @@ class Properties:
         self.table = table
         self.flag_tail = flag_tail  # continuation flag words, kept as they came
         self.unreadable: bytes | None = None  # the property list, when it could not be split
+        self.parsed: tuple[bytes | None, ...] | None = None  # fields as ``before``/``after`` hold
+        self.before = self.after = b""
 
     @classmethod
     def parse_or_keep(cls, buf: bytes, pos: int, end: int) -> Properties:
@@ -305,6 +327,7 @@ class Properties:
     def parse(cls, buf: bytes, pos: int, end: int) -> Properties:
         """The property list in ``buf[pos:end]`` (after class, weight and body size).
         Raises ValueError when the fields overrun ``end`` (RabbitMQ never sends that)."""
+        first = pos
         flags = (buf[pos] << 8) | buf[pos + 1]
         pos += 2
         tail_start = pos
@@ -315,9 +338,8 @@ class Properties:
         flag_tail = buf[tail_start:pos]
         fields: list[bytes | None] = [None] * len(FIELDS)
         table = None
-        for i, (_name, bit, kind) in enumerate(FIELDS):
-            if not flags & bit:
-                continue
+        table_at = table_end = -1
+        for i, kind in _plan(flags):
             if kind == "s":
                 stop = pos + 1 + buf[pos]
             elif kind == "o":
@@ -330,13 +352,19 @@ class Properties:
                 if stop > end:
                     raise ValueError("header table runs past the content header")
                 table = buf[pos + 4 : stop]
+                table_at, table_end = pos, stop
                 pos = stop
                 continue
             if stop > end:
-                raise ValueError(f"property {_name} runs past the content header")
+                raise ValueError(f"property {FIELDS[i][0]} runs past the content header")
             fields[i] = buf[pos:stop]
             pos = stop
-        return cls(fields, table, flag_tail)
+        props = cls(fields, table, flag_tail)
+        if table_at >= 0 and pos == end:
+            props.parsed = tuple(fields)
+            props.before = buf[first:table_at]
+            props.after = buf[table_end:end]
+        return props
 
     def copy(self) -> Properties:
         return Properties(list(self.fields), self.table, self.flag_tail)
@@ -351,14 +379,17 @@ class Properties:
 
     def encode(self) -> list[bytes]:
         """The property list (pika's ``Header.marshal`` prefixes class, weight and size)."""
+        table = self.table
+        if table is not None and self.parsed is not None and tuple(self.fields) == self.parsed:
+            return [b"".join((self.before, _U32.pack(len(table)), table, self.after))]
         flags = 1 if self.flag_tail else 0
         pieces: list[bytes] = [b"", self.flag_tail]
         for i, (_name, bit, _kind) in enumerate(FIELDS):
             if i == HEADERS:
-                if self.table is not None:
+                if table is not None:
                     flags |= bit
-                    pieces.append(_U32.pack(len(self.table)))
-                    pieces.append(self.table)
+                    pieces.append(_U32.pack(len(table)))
+                    pieces.append(table)
                 continue
             raw = self.fields[i]
             if raw is not None:
@@ -401,7 +432,6 @@ def encode_value(value: Any) -> bytes:
 # once. Bounded: cleared when full (the values come from the topology and from headers).
 _TEXT_ENTRIES: dict[tuple[str, str], bytes] = {}
 _NAMES: dict[str, bytes] = {}
-_CACHE_MAX = 4096
 
 
 def encode_entry(name: str, value: Any) -> bytes:
