@@ -39,8 +39,10 @@ _MAX_DIGITS = 20
 
 def _whole(value: Any, limit: int) -> int | None:
     """A non-negative whole number up to ``limit`` (the rule in the module docstring)."""
-    if type(value) is int:  # the common case first; bool and int subclasses go below
+    if type(value) is int:  # the common cases first; bool and int subclasses go below
         return value if 0 <= value <= limit else None
+    if value is None:
+        return None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):  # an IntEnum, say: its integer value

@@ -33,7 +33,7 @@ ParkReason = Literal[
 PARK_REASONS: tuple[str, ...] = ParkReason.__args__  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per message
 class Failure:
     """One dead letter as the backend saw it. ``origin_*`` come from the broker, if known."""
 
@@ -44,7 +44,7 @@ class Failure:
     death_reason: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per message
 class Retry:
     attempts: int
     tier: int
@@ -54,7 +54,7 @@ class Retry:
     headers: dict[str, Any] = field(repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs a setattr call per field, per message
 class Park:
     attempts: int
     reason: ParkReason

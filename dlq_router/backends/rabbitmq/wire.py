@@ -61,6 +61,9 @@ _FIXED = {
     for kind in kinds
 }
 _SIZED = frozenset(map(ord, "SxAF"))
+# Both in one lookup for the table walk: the value's size after its type octet, or -1 for
+# a 4-byte length prefix.
+_SIZES = {**_FIXED, **dict.fromkeys(_SIZED, -1)}
 _INT = {
     ord("b"): struct.Struct(">b"),
     ord("B"): struct.Struct(">B"),
@@ -80,6 +83,11 @@ X_DEATH = b"x-death"
 X_FIRST_DEATH_REASON = b"x-first-death-reason"
 ROUTER_PREFIX = b"dlq-"
 _D_OR_X = frozenset(b"dx")
+# RabbitMQ's death headers for the table walk: 1 the record read, 2 the reason kept, 0 cut.
+_DEATHS_READ = {
+    name: 1 if name == X_DEATH else 2 if name == X_FIRST_DEATH_REASON else 0
+    for name in _DEATH_NAMES
+}
 _CACHE_MAX = 4096  # entries in each of this module's caches (each is cleared when full)
 
 
@@ -256,9 +264,9 @@ def newest_death(buf: bytes, pos: int, stop: int) -> dict[str, Any]:
 # Newest death records by their ``x-death`` value's bytes. The broker writes the same bytes
 # for every message of one queue dead-lettered in the same second for the same reason and
 # count (its ``time`` field is in seconds), so a burst of dead letters reads it once.
-# Bounded: cleared when full. The records are shared, hence read-only.
+# Bounded: cleared when full. The records are shared, hence typed read-only (Mapping).
 _DEATHS: dict[bytes, Mapping[str, Any]] = {}
-_NO_DEATH: Mapping[str, Any] = MappingProxyType({})
+_NO_DEATH: Mapping[str, Any] = MappingProxyType({})  # (Mapping: read-only to mypy)
 
 
 def death_record(buf: bytes, pos: int, stop: int) -> Mapping[str, Any]:
@@ -268,7 +276,7 @@ def death_record(buf: bytes, pos: int, stop: int) -> Mapping[str, Any]:
     if found is None:
         if len(_DEATHS) >= _CACHE_MAX:
             _DEATHS.clear()
-        found = _DEATHS[key] = MappingProxyType(newest_death(key, 0, len(key)))
+        found = _DEATHS[key] = newest_death(key, 0, len(key))
     return found
 
 
@@ -462,20 +470,21 @@ class Table:
     """A header table split for the router: foreign entries (bytes), ``dlq-*`` values
     (decoded, with their wire bytes), the newest death record."""
 
-    __slots__ = ("death", "first_death_reason", "foreign", "ours", "ours_raw", "tail")
+    __slots__ = ("death", "foreign", "ours", "ours_raw", "reason_at", "table", "tail")
 
     def __init__(self, table: bytes | None) -> None:
         self.foreign: list[bytes] = []  # whole entries, in order
         self.ours: dict[str, Any] = {}  # dlq-* name -> value
         self.ours_raw: dict[str, bytes] = {}  # dlq-* name -> whole entry as it came
         self.death: Mapping[str, Any] = _NO_DEATH  # shared and read-only (death_record)
-        self.first_death_reason: str | None = None
+        self.table = table
+        self.reason_at: tuple[int, int] | None = None  # x-first-death-reason, read if asked
         self.tail = b""  # bytes past the last entry that could be sized (kept last)
         if not table:
             return
         # ``scan`` inlined, classifying as it goes: this is most of the router's reading.
         # Only a name starting with "d" or "x" can be the router's or a death header.
-        fixed_sizes, sized, u32 = _FIXED, _SIZED, _U32.unpack_from
+        sizes, u32, d_or_x, deaths = _SIZES, _U32.unpack_from, _D_OR_X, _DEATHS_READ
         foreign = self.foreign
         run_start = run_end = 0  # a run of adjacent foreign entries is copied as one slice
         pos, end = 0, len(table)
@@ -484,29 +493,31 @@ class Table:
             value = pos + 1 + table[pos]
             if value >= end:
                 break
-            kind = table[value]
-            fixed = fixed_sizes.get(kind)
-            if fixed is not None:
-                stop = value + 1 + fixed
-            elif kind in sized and value + 5 <= end:
+            size = sizes.get(table[value])
+            if size is None:
+                break
+            if size >= 0:
+                stop = value + 1 + size
+            elif value + 5 <= end:
                 stop = value + 5 + u32(table, value + 1)[0]
             else:
                 break
             if stop > end:
                 break
             pos = stop
-            if value > start + 1 and table[start + 1] in _D_OR_X:
+            if value > start + 1 and table[start + 1] in d_or_x:
                 name = table[start + 1 : value]
+                death = deaths.get(name)
+                if death is not None:  # RabbitMQ's: cut out
+                    if death == 1:
+                        self.death = death_record(table, value, stop)
+                    elif death == 2:
+                        self.reason_at = (value, stop)
+                    continue
                 if name[:4] == ROUTER_PREFIX:
                     key = name.decode("utf-8", "replace")
                     self.ours[key] = read_value(table, value, stop)
                     self.ours_raw[key] = table[start:stop]
-                    continue
-                if name in _DEATH_NAMES:
-                    if name == X_DEATH:
-                        self.death = death_record(table, value, stop)
-                    elif name == X_FIRST_DEATH_REASON:
-                        self.first_death_reason = text(read_value(table, value, stop))
                     continue
             if start != run_end:
                 if run_end > run_start:
@@ -517,18 +528,30 @@ class Table:
             foreign.append(table[run_start:run_end])
         self.tail = table[pos:]
 
+    @property
+    def first_death_reason(self) -> str | None:
+        """``x-first-death-reason`` as text (read only when asked: with an ``x-death``
+        record, nobody asks)."""
+        if self.reason_at is None or self.table is None:
+            return None
+        return text(read_value(self.table, *self.reason_at))
+
     def splice(self, headers: Mapping[str, Any], foreign: list[bytes] | None = None) -> bytes:
         """The table to publish: foreign entries byte for byte, then ``headers`` (values the
         router left as they came are copied, the others encoded), then any opaque tail."""
         ours, raw = self.ours, self.ours_raw
         pieces = list(self.foreign if foreign is None else foreign)
-        append, missing = pieces.append, _MISSING
+        append, missing, texts = pieces.append, _MISSING, _TEXT_ENTRIES
         for name, value in headers.items():
-            if ours.get(name, missing) is value:
+            if ours and ours.get(name, missing) is value:
                 append(raw[name])
-            elif type(value) is int and -(2**31) <= value < 2**31:
+                continue
+            kind = type(value)
+            if kind is str:
+                append(texts.get((name, value)) or encode_entry(name, value))
+            elif kind is int and -(2**31) <= value < 2**31:
                 append(_name(name) + b"I" + value.to_bytes(4, "big", signed=True))
-            elif type(value) is int and -(2**63) <= value < 2**63:  # ms timestamps
+            elif kind is int and -(2**63) <= value < 2**63:  # ms timestamps
                 append(_name(name) + b"l" + value.to_bytes(8, "big", signed=True))
             else:
                 append(encode_entry(name, value))
