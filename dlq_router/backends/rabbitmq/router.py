@@ -242,6 +242,7 @@ class Router:
         self.budget.reset()
         self.ctx.metrics.paused.set(0)
         self.seq = 0
+        self.settled = False  # confirms settled dead letters that are not acked yet
         self.held: dict[int, _Held] = {}  # DLQ delivery tag -> held dead letter
         self.held_bytes = 0
         for r in self.routes:
@@ -273,7 +274,7 @@ class Router:
             Coalescer.install(self.connection)
             # Deliveries and confirms read from the bytes, headers kept raw (rawframes.py).
             self.inbound = rawframes.install(self.connection)
-            self.inbound.after = self._count
+            self.inbound.after = self._after_read
             self.connection.ioloop.call_later(TICK, self._tick)
             try:
                 self.connection.ioloop.start()
@@ -297,9 +298,18 @@ class Router:
         for r in self.routes:
             r.count()
 
+    def _after_read(self) -> None:
+        """After the frames of one socket read: ack what their confirms settled, with one
+        frame for the whole confirmed prefix, and update the counters."""
+        if self.settled:
+            self.settled = False
+            if self.channel is not None and self.channel.is_open:
+                self._flush()
+        self._count()
+
     def _tick(self) -> None:
         """Runs every TICK seconds until the ioloop stops: the only reader of the flags."""
-        self._count()
+        self._after_read()  # in case confirms came through pika's own reader
         self.ctx.metrics.in_flight_bytes.set(self.budget.held)
         self._maybe_widen()
         if self.ctx.abort.is_set():
@@ -612,7 +622,7 @@ class Router:
             publish = pending.pop(tag, None)
             if publish is not None:
                 self._settle(publish, ack)
-        self._flush()
+        self.settled = True  # acked after this read (_after_read): one ack for many confirms
         if self.draining and not self.pending:
             self._finish()
 
