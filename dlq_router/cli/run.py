@@ -53,16 +53,23 @@ def stop_on_signals(ctx: RouterContext) -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def quiet_gc() -> None:
-    """Keep Python's cyclic garbage collector off the routing path. A router allocates a
-    dozen objects per dead letter, none in reference cycles, and with a window of 2,000 in
-    flight many live long enough to be promoted, so the collector kept walking the whole
-    heap (pika, pydantic, the topology): 15-20 % of the RabbitMQ router's CPU in a profile.
-    What is loaded at start is moved out of its sight (``gc.freeze``), and a collection
-    starts after 50,000 net allocations instead of 700. Called once, in the ``run``
-    process only."""
+@contextmanager
+def quiet_gc() -> Iterator[None]:
+    """Keep Python's cyclic garbage collector off the routing path while the router runs.
+    A router allocates a dozen objects per dead letter, none in reference cycles, and with
+    a window of 2,000 in flight many live long enough to be promoted, so the collector
+    kept walking the whole heap (pika, pydantic, the topology): 15-20 % of the RabbitMQ
+    router's CPU in a profile. What is loaded at start is moved out of its sight
+    (``gc.freeze``) and a collection starts after 50,000 net allocations instead of 700;
+    both are undone on the way out (``run`` can be called in-process)."""
+    thresholds = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 def run(
@@ -161,9 +168,8 @@ def run(
                 server.server_port,
             )
         ctx.log.info("dlq-router run on %s, %d route(s)", redact_url(topo.url), len(topo.routes))
-        quiet_gc()
         try:
-            with stop_on_signals(ctx), backend_for(topo) as backend:
+            with stop_on_signals(ctx), quiet_gc(), backend_for(topo) as backend:
                 backend.run_router(ctx)
         finally:
             if server is not None:
