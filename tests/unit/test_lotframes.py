@@ -142,7 +142,8 @@ def stream_of_frames() -> tuple[bytes, int]:
         props = wire.Properties([None] * len(wire.FIELDS), b"\x01aS\x00\x00\x00\x01x" * (i % 3))
         body = bytes(range(i * 7 % 256)) * 3
         out.append(pika.frame.Header(1, len(body), props).marshal())
-        out.append(pika.frame.Body(1, body).marshal())
+        if body:  # an empty body has no body frame
+            out.append(pika.frame.Body(1, body).marshal())
         if i % 7 == 0:
             out.append(pika.frame.Method(1, spec.Basic.Ack(delivery_tag=i)).marshal())
     return b"".join(out), len(out)
@@ -182,3 +183,51 @@ def test_data_reader_stops_when_the_connection_closed() -> None:
     conn._process_frame = close_after_one  # type: ignore[method-assign]
     lotframes.DataReader(conn)(data)
     assert len(conn.frames) == 1 and conn._frame_buffer == b""
+
+
+@given(cuts=st.lists(st.integers(1, 400), max_size=40))
+def test_direct_deliveries_reach_the_sink_whole_and_in_order(cuts: list[int]) -> None:
+    data, count = stream_of_frames()
+    conn = FakeConnection()
+    conn.frames_received = 0  # type: ignore[attr-defined]
+    reader = lotframes.DataReader(conn)
+    got: list[tuple[int, Any, bytes]] = []
+    reader.direct(1, lambda tag, props, body: got.append((tag, props, body)))
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        if pos < len(data):
+            reader(data[pos : pos + cut])
+            pos += cut
+    assert conn._frame_buffer == b"" and conn.bytes_received == len(data)
+    assert [tag for tag, _p, _b in got] == list(range(1, 31))
+    assert [body for _t, _p, body in got] == [bytes(range(i * 7 % 256)) * 3 for i in range(30)]
+    assert all(isinstance(p, lotframes.Content) for _t, p, _b in got)
+    assert [p.table for _t, p, _b in got] == [
+        b"\x01aS\x00\x00\x00\x01x" * (i % 3) for i in range(30)
+    ]
+    # only the acks went to pika
+    assert len(conn.frames) == 5 and all(isinstance(f.method, spec.Basic.Ack) for f in conn.frames)
+    assert conn.frames_received == count - 5  # type: ignore[attr-defined]
+
+
+def test_direct_deliveries_let_other_channels_interleave_and_drop_broken_content() -> None:
+    deliver = pika.frame.Method(1, spec.Basic.Deliver("c", 5, False, "", "k")).marshal()
+    props = wire.Properties([None] * len(wire.FIELDS), None)
+    header = pika.frame.Header(1, 6, props).marshal()
+    other = pika.frame.Method(2, spec.Basic.Ack(delivery_tag=1)).marshal()
+    conn = FakeConnection()
+    conn.frames_received = 0  # type: ignore[attr-defined]
+    reader = lotframes.DataReader(conn)
+    got: list[tuple[int, Any, bytes]] = []
+    reader.direct(1, lambda tag, props, body: got.append((tag, props, body)))
+    body = [pika.frame.Body(1, b"abc").marshal(), pika.frame.Body(1, b"def").marshal()]
+    reader(deliver + header + body[0] + other + body[1])
+    assert [(t, b) for t, _p, b in got] == [(5, b"abcdef")] and len(conn.frames) == 1
+    # a method frame on the channel in the middle of a delivery: that delivery is dropped
+    close = pika.frame.Method(1, spec.Channel.Close(200, "bye", 0, 0)).marshal()
+    reader(deliver + header + close + deliver + header + body[0] + body[1])
+    assert [(t, b) for t, _p, b in got] == [(5, b"abcdef")] * 2 and len(conn.frames) == 2
+    # undirected: everything to pika
+    reader.direct(1, None)
+    reader(deliver + header + body[0])
+    assert len(got) == 2 and len(conn.frames) == 5

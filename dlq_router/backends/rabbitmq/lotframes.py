@@ -16,6 +16,7 @@ its header table sits, and a republish replaces just the table (``Content.with_t
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pika import exceptions, frame, spec
@@ -119,16 +120,23 @@ def _content(buffer: bytes, start: int) -> tuple[int, frame.Header] | None:
     ``rawframes`` then reads it (or waits for the rest)."""
     if len(buffer) - start < 22:
         return None
-    end = start + 8 + int.from_bytes(buffer[start + 3 : start + 7], "big")
-    if end > len(buffer) or buffer[end - 1] != spec.FRAME_END:
+    _kind, channel, length, klass, _weight, size = _CONTENT_HEAD.unpack_from(buffer, start)
+    end = start + 8 + length
+    if end > len(buffer) or buffer[end - 1] != spec.FRAME_END or klass != wire.BASIC_CLASS:
         return None
-    if int.from_bytes(buffer[start + 7 : start + 9], "big") != wire.BASIC_CLASS:
+    props = _content_props(buffer, start + 19, end - 1)
+    return None if props is None else (end - start, frame.Header(channel, size, props))
+
+
+def _content_props(buffer: bytes, at: int, stop: int) -> Content | None:
+    """The property list ``buffer[at:stop]`` as ``Content``; None if it is not plainly
+    laid out."""
+    if stop - at < 2:
         return None
-    props_at = start + 19  # after type, channel, size, class, weight, body size
-    flags = (buffer[props_at] << 8) | buffer[props_at + 1]
+    flags = (buffer[at] << 8) | buffer[at + 1]
     if flags & 1:
         return None
-    pos, stop = props_at + 2, end - 1
+    pos = at + 2
     for bit in _BEFORE_HEADERS:
         if flags & bit:
             if pos >= stop:
@@ -141,13 +149,15 @@ def _content(buffer: bytes, start: int) -> tuple[int, frame.Header] | None:
         table_end = pos + 4 + _U32.unpack_from(buffer, pos)[0]
         if table_end > stop:
             return None
-        table_end -= props_at
+        table_end -= at
     if pos > stop:
         return None
-    props = Content(buffer[props_at:stop], pos - props_at, table_end)
-    channel = int.from_bytes(buffer[start + 1 : start + 3], "big")
-    size = int.from_bytes(buffer[start + 11 : props_at], "big")
-    return end - start, frame.Header(channel, size, props)
+    return Content(buffer[at:stop], pos - at, table_end)
+
+
+_FRAME_HEAD = struct.Struct(">BHI")  # type, channel, payload size
+_CONTENT_HEAD = struct.Struct(">BHIHHQ")  # ... class, weight, body size
+_U64 = struct.Struct(">Q")
 
 
 def install(connection: Any, *, content: bool = False) -> None:
@@ -173,6 +183,21 @@ def install(connection: Any, *, content: bool = False) -> None:
 RECV_BYTES = 64 * 1024
 
 
+Sink = Callable[[int, Any, bytes], None]
+
+
+class _Delivery:
+    """A basic.deliver read directly, waiting for its content header and body frames."""
+
+    __slots__ = ("channel", "parts", "props", "seen", "sink", "size", "tag")
+
+    def __init__(self, sink: Sink, channel: int, tag: int) -> None:
+        self.sink, self.channel, self.tag = sink, channel, tag
+        self.props: Any = None
+        self.size = self.seen = 0
+        self.parts: list[bytes] = []
+
+
 class DataReader:
     """pika's ``Connection._on_data_available`` reading frames by offset.
 
@@ -181,22 +206,50 @@ class DataReader:
     that copying grows with the read size). Here the frames of one read are taken at
     offsets and only the incomplete tail is kept; each still goes to the connection's
     ``_process_frame``, in order, with ``bytes_received`` counted as pika counts it.
+
+    Deliveries on a channel given a sink (``direct``: a replay snapshot's channel, whose
+    one consumer never cancels) skip pika's frame objects and channel dispatch: the
+    basic.deliver's tag, the content header (``Content``) and the body go to
+    ``sink(tag, props, body)``. A frame of another channel in between goes to pika, as
+    AMQP allows; a frame that does not belong in the delivery drops it (pika logs and
+    drops such content too) and goes to pika.
     """
 
-    __slots__ = ("connection",)
+    __slots__ = ("connection", "delivery", "sinks")
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
+        self.sinks: dict[int, Sink] = {}
+        self.delivery: _Delivery | None = None
+
+    def direct(self, channel: int, sink: Sink | None) -> None:
+        """Send deliveries on ``channel`` to ``sink`` (None: to pika again)."""
+        if sink is None:
+            self.sinks.pop(channel, None)
+            if self.delivery is not None and self.delivery.channel == channel:
+                self.delivery = None
+        else:
+            self.sinks[channel] = sink
 
     def __call__(self, data_in: bytes) -> None:
         connection = self.connection
         buffer = connection._frame_buffer + data_in if connection._frame_buffer else data_in
         pos, size = 0, len(buffer)
+        sinks, head = self.sinks, _FRAME_HEAD.unpack_from
         try:
-            while pos < size:
+            while size - pos >= 8:
+                kind, channel, length = head(buffer, pos)
+                end = pos + 8 + length
+                if end > size:
+                    break  # not all of it yet
+                if buffer[end - 1] != spec.FRAME_END:
+                    raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+                if sinks and self._direct(buffer, pos, end, kind, channel):
+                    connection.bytes_received += end - pos
+                    connection.frames_received += 1
+                    pos = end
+                    continue
                 consumed, value = read_at(buffer, pos, True)
-                if value is None:
-                    break
                 pos += consumed
                 connection.bytes_received += consumed
                 connection._process_frame(value)
@@ -205,3 +258,43 @@ class DataReader:
                     break
         finally:
             connection._frame_buffer = buffer[pos:] if pos else buffer
+
+    def _direct(self, buffer: bytes, pos: int, end: int, kind: int, channel: int) -> bool:
+        """Take the whole frame ``buffer[pos:end]`` if it belongs to a direct delivery."""
+        delivery = self.delivery
+        if delivery is None:
+            if kind != spec.FRAME_METHOD or buffer[pos + 7 : pos + 11] != _DELIVER:
+                return False
+            sink = self.sinks.get(channel)
+            if sink is None:
+                return False
+            at = pos + 12 + buffer[pos + 11]  # past the consumer tag
+            if at + 9 > end - 1:
+                raise exceptions.InvalidFrameError("basic.deliver runs past its frame")
+            self.delivery = _Delivery(sink, channel, _U64.unpack_from(buffer, at)[0])
+            return True
+        if channel != delivery.channel:
+            return False  # another channel's frame: AMQP allows interleaving
+        if kind == spec.FRAME_HEADER and delivery.props is None:
+            props = _content_props(buffer, pos + 19, end - 1) if end - pos >= 22 else None
+            if props is None:  # not plainly laid out: split as rawframes splits it
+                props = rawframes.read_frame(buffer[pos:end])[1].properties
+            delivery.props = props
+            delivery.size = _U64.unpack_from(buffer, pos + 11)[0]
+            if delivery.size == 0:
+                self._finish(delivery)
+            return True
+        if kind == spec.FRAME_BODY and delivery.props is not None:
+            delivery.parts.append(buffer[pos + 7 : end - 1])
+            delivery.seen += end - pos - 8
+            if delivery.seen >= delivery.size:
+                self._finish(delivery)
+            return True
+        self.delivery = None  # not content: the delivery is dropped, the frame goes to pika
+        return False
+
+    def _finish(self, delivery: _Delivery) -> None:
+        self.delivery = None
+        parts = delivery.parts
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        delivery.sink(delivery.tag, delivery.props, body)

@@ -232,9 +232,14 @@ class _Snapshot:
         self._ready: set[int] = set()  # confirmed, waiting to be covered by a multiple ack
         self._kept_min: float = float("inf")  # lowest tag that stays parked
         self._last, self._seen = time.monotonic(), 0
+        # raw, on a connection reading frames itself: deliveries skip pika's frame objects
+        reader = connection._impl._on_data_available
+        self.reader = reader if raw and isinstance(reader, lotframes.DataReader) else None
         if self.depth:
             prefetch = self.depth if self.depth <= MAX_PREFETCH else 0
             self.channel.basic_qos(prefetch_count=prefetch)
+            if self.reader is not None:
+                self.reader.direct(self.channel.channel_number, self._on_direct)
             self.channel._impl.basic_consume(queue, self._on_message, auto_ack=False)
         if read:
             while self.pump():
@@ -251,6 +256,10 @@ class _Snapshot:
             self.sink(method.delivery_tag, msg)
         else:
             self.held.append(_Held(method.delivery_tag, msg, self, props))
+
+    def _on_direct(self, tag: int, props: Any, body: bytes) -> None:
+        self.received += 1
+        self.arrived.append((tag, props, body))
 
     @property
     def finished(self) -> bool:
@@ -311,6 +320,8 @@ class _Snapshot:
         moment: a command run right after (a replay after a listing) would otherwise see
         part of the parking lot missing, or stop short waiting for it.
         """
+        if self.reader is not None:
+            self.reader.direct(self.channel.channel_number, None)
         if not self.channel.is_open:
             return
         returning = self.received - self._acked
