@@ -806,7 +806,7 @@ class _Publisher:
         every other entry and property as it came); ``msg`` if it was decoded already.
         Its parked copy is acked once this is confirmed."""
         snap = target.snapshot
-        if not self._exchange_exists(target.exchange):
+        if not (self.exchanges.get(target.exchange) or self._exchange_exists(target.exchange)):
             msg_id = msg.id if msg is not None else self._ident(snap, (props, body))
             self.result.fail(msg_id, f"exchange {target.exchange!r} does not exist")
             snap.keep(tag)
@@ -817,7 +817,7 @@ class _Publisher:
             self._send_decoded(target, tag, msg)
             return
         self.limiter.wait()
-        if not self._room():
+        if (len(self.pending) >= WINDOW or not self.impl.is_open) and not self._room():
             msg_id = msg.id if msg is not None else self._ident(snap, (props, body))
             self.result.fail(msg_id, self._why_closed())
             snap.keep(tag)
