@@ -279,7 +279,35 @@ class Inbound:
                         tag_end = at + 1 + buf[at]
                         found = self.consumers.get(buf[at + 1 : tag_end])
                         if found is not None:
-                            self.pending = (u64(buf, tag_end)[0], found[1], found[0])
+                            tag = u64(buf, tag_end)[0]
+                            # Usually its header and one body frame follow in this read:
+                            # take all three here (else frame by frame, below).
+                            header = end
+                            if length - header >= 27:
+                                h_kind, h_channel, h_size = head(buf, header)
+                                body = header + 8 + h_size
+                                if (
+                                    h_kind == 2
+                                    and h_channel == channel
+                                    and length - body >= 8
+                                    and buf[body - 1] == 0xCE
+                                ):
+                                    b_kind, b_channel, b_size = head(buf, body)
+                                    stop = body + 8 + b_size
+                                    if (
+                                        b_kind == 3
+                                        and b_channel == channel
+                                        and stop <= length
+                                        and buf[stop - 1] == 0xCE
+                                        and b_size == u64(buf, header + 11)[0]
+                                        and b_size > 0
+                                    ):
+                                        props = Properties.parse_or_keep(buf, header + 19, body - 1)
+                                        pos = stop
+                                        conn.frames_received += 3
+                                        found[0](tag, found[1], props, buf[body + 7 : stop - 1])
+                                        continue
+                            self.pending = (tag, found[1], found[0])
                             conn.frames_received += 1
                             continue
                 if kind == 1 and channel in confirms:
@@ -312,7 +340,7 @@ class Inbound:
 
 
 _FRAME = struct.Struct(">BHI")
-_CONTENT = struct.Struct(">HHQ")
+_HEADER_FRAME = struct.Struct(">BHIHHQ")  # frame head, then class, weight, body size
 _END = b"\xce"
 
 
@@ -354,12 +382,17 @@ class Publisher:
         """Publish ``body`` with the encoded property list ``properties``."""
         if not self.channel.is_open:
             raise exceptions.ChannelWrongStateError("Channel is closed.")
-        n = self.number
-        frames = [
-            self.method(exchange, key, mandatory),
-            _frame(spec.FRAME_HEADER, n, _CONTENT.pack(60, 0, len(body)) + properties),
-        ]
-        size = self.connection._body_max_length
-        for start in range(0, len(body), size):
+        n, length, size = self.number, len(body), self.connection._body_max_length
+        method = self.methods.get((exchange, key, mandatory)) or self.method(
+            exchange, key, mandatory
+        )
+        header = _HEADER_FRAME.pack(spec.FRAME_HEADER, n, 12 + len(properties), 60, 0, length)
+        if 0 < length <= size:  # the common case: the three frames as one piece of bytes
+            body_frame = _FRAME.pack(spec.FRAME_BODY, n, length)
+            data = b"".join((method, header, properties, _END, body_frame, body, _END))
+            self.connection._output_marshaled_frames([data])
+            return
+        frames = [method, header + properties + _END]
+        for start in range(0, length, size):
             frames.append(_frame(spec.FRAME_BODY, n, body[start : start + size]))
         self.connection._output_marshaled_frames(frames)
