@@ -1,4 +1,4 @@
-"""``rawframes.Inbound``: the router's reader of a connection's bytes.
+"""``rawframes.Inbound``: the reader of a connection's bytes, as the router uses it.
 
 A stream of frames as RabbitMQ sends them (deliveries to registered and unregistered
 consumers, confirms, returns with content, heartbeats, another channel's frames interleaved
@@ -33,6 +33,7 @@ class Conn:
         self._frame_buffer = b""
         self.frames_received = 0
         self.bytes_received = 0
+        self.is_closed = False
         self.seen: list[tuple[Any, ...]] = []
 
     def _process_frame(self, value: Any) -> None:
@@ -50,7 +51,8 @@ def describe(value: Any) -> tuple[Any, ...]:
             getattr(m, "delivery_tag", 0),
         )
     if isinstance(value, pika.frame.Header):
-        table = value.properties.table if isinstance(value.properties, wire.Properties) else None
+        props = value.properties
+        table = props.table if isinstance(props, wire.Properties | rawframes.Content) else None
         return ("pika-header", value.channel_number, value.body_size, table)
     if isinstance(value, pika.frame.Body):
         return ("pika-body", value.channel_number, value.fragment)
@@ -139,29 +141,32 @@ def streams(draw: st.DrawFn) -> Stream:
     return Stream(b"".join(frames), expected)
 
 
-def reader() -> tuple[rawframes.Inbound, Conn, list[tuple[Any, ...]]]:
+def reader(content: bool = False) -> tuple[rawframes.Inbound, Conn, list[tuple[Any, ...]]]:
+    """The router's reader; with ``content``, a replay connection's (a consumer given
+    ``Content``, and content headers that reach pika as ``Content`` too)."""
     conn = Conn()
-    inbound = rawframes.install(conn)
+    inbound = rawframes.install(conn, content=content)
     out = conn.seen  # one list: the order across fast and pika paths is checked too
 
-    def deliver(tag: int, consumer: str, p: wire.Properties, body: bytes) -> None:
+    def deliver(tag: int, consumer: str, p: Any, body: bytes) -> None:
+        assert type(p) is (rawframes.Content if content else wire.Properties)
         out.append(("deliver", tag, consumer, p.table, body))
 
     def confirm(ack: bool, tag: int, multiple: bool) -> None:
         out.append(("confirm", ack, tag, multiple))
 
     inbound.channel = FAST
-    inbound.register(REGISTERED, deliver)
+    inbound.register(REGISTERED, deliver, content=content)
     inbound.confirms[FAST] = confirm
     return inbound, conn, out
 
 
 @settings(max_examples=300, deadline=None)
-@given(stream=streams(), cuts=st.lists(st.integers(0, 5000), max_size=8))
+@given(stream=streams(), cuts=st.lists(st.integers(0, 5000), max_size=8), content=st.booleans())
 def test_every_frame_comes_out_once_in_order_however_the_reads_are_cut(
-    stream: Stream, cuts: list[int]
+    stream: Stream, cuts: list[int], content: bool
 ) -> None:
-    inbound, conn, out = reader()
+    inbound, conn, out = reader(content)
     points = sorted({c % (len(stream.data) + 1) for c in cuts} | {0, len(stream.data)})
     for start, stop in itertools.pairwise(points):
         inbound(stream.data[start:stop])

@@ -11,7 +11,7 @@ import struct
 from typing import Any
 
 import pika
-import pika.channel
+import pika.adapters.base_connection
 import pika.connection
 import pika.frame
 import pytest
@@ -124,51 +124,9 @@ def test_publisher_writes_the_frames_pika_would(body: bytes, mandatory: bool) ->
         publisher.publish("ex", "k", body, b"", mandatory=True)
 
 
-def test_pika_processes_each_frame_through_process_frame_and_channel_on_deliver() -> None:
+def test_pika_reads_through_on_data_available_and_processes_each_frame() -> None:
     loop = inspect.getsource(pika.connection.Connection._on_data_available)
+    assert "self._frame_buffer += data_in" in loop
     assert "self._process_frame(frame_value)" in loop
-    deliver = inspect.getsource(pika.connection.Connection._deliver_frame_to_channel)
-    assert "self._channels[value.channel_number]._handle_content_frame(value)" in deliver
-    params = list(inspect.signature(pika.channel.Channel._on_deliver).parameters)
-    assert params == ["self", "method_frame", "header_frame", "body"]
-
-
-def test_deliveries_are_assembled_and_everything_else_goes_to_pika() -> None:
-    delivered: list[tuple[Any, Any, bytes]] = []
-    to_pika: list[Any] = []
-
-    class Chan:
-        def _on_deliver(self, method: Any, header: Any, body: bytes) -> None:
-            delivered.append((method, header, body))
-
-    class Conn:
-        def __init__(self) -> None:
-            self.frames_received = 0
-            self._channels = {1: Chan()}
-
-        def _process_frame(self, value: Any) -> None:
-            to_pika.append(value)
-
-    conn = Conn()
-    process = rawframes.Deliveries(conn)
-    deliver = pika.frame.Method(1, spec.Basic.Deliver("ctag", 7, False, "ex", "rk"))
-    ack = pika.frame.Method(1, spec.Basic.Ack(3))
-    empty = pika.frame.Header(1, 0, wire.Properties([None] * len(wire.FIELDS), None))
-    two = pika.frame.Header(1, 6, wire.Properties([None] * len(wire.FIELDS), None))
-    for value in (
-        deliver,
-        empty,
-        ack,
-        deliver,
-        two,
-        pika.frame.Heartbeat(),  # channel 0, between content frames: pika's
-        pika.frame.Body(1, b"abc"),
-        pika.frame.Body(1, b"def"),
-    ):
-        process(value)
-    assert delivered == [(deliver, empty, b""), (deliver, two, b"abcdef")]
-    assert len(to_pika) == 2 and to_pika[0] is ack
-    assert conn.frames_received == 6
-    # a delivery for a channel pika does not know goes to pika (which logs it)
-    process(pika.frame.Method(9, spec.Basic.Deliver("c", 1, False, "e", "r")))
-    assert len(to_pika) == 3
+    base = inspect.getsource(pika.adapters.base_connection.BaseConnection._proto_data_received)
+    assert "self._on_data_available(data)" in base

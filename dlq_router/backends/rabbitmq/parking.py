@@ -39,7 +39,7 @@ from pika.spec import Basic
 
 from dlq_router import headers as h
 from dlq_router.backends.base import ParkedMessage
-from dlq_router.backends.rabbitmq import lotframes, rawframes, replaywire, wire
+from dlq_router.backends.rabbitmq import rawframes, replaywire, wire
 from dlq_router.backends.rabbitmq.coalesce import Coalescer
 from dlq_router.backends.rabbitmq.connection import describe
 from dlq_router.errors import BrokerUnavailable, NotFound, UsageError
@@ -187,12 +187,12 @@ class _Held:
 
 
 # A delivery read raw (``_Snapshot(raw=True)``): (delivery tag, properties, body).
-_Props = Any  # wire.Properties | lotframes.Content: a delivery's properties as read
+_Props = Any  # wire.Properties | rawframes.Content: a delivery's properties as read
 _Delivery = tuple[int, _Props, bytes]
 
 
-def _fields(props: wire.Properties | lotframes.Content) -> wire.Properties:
-    return props.properties() if isinstance(props, lotframes.Content) else props
+def _fields(props: wire.Properties | rawframes.Content) -> wire.Properties:
+    return props.properties() if isinstance(props, rawframes.Content) else props
 
 
 class _Snapshot:
@@ -234,13 +234,17 @@ class _Snapshot:
         self._last, self._seen = time.monotonic(), 0
         # raw, on a connection reading frames itself: deliveries skip pika's frame objects
         reader = connection._impl._on_data_available
-        self.reader = reader if raw and isinstance(reader, lotframes.DataReader) else None
+        self.reader = reader if raw and isinstance(reader, rawframes.Inbound) else None
+        self.consumer_tag = ""
         if self.depth:
             prefetch = self.depth if self.depth <= MAX_PREFETCH else 0
             self.channel.basic_qos(prefetch_count=prefetch)
-            if self.reader is not None:
-                self.reader.direct(self.channel.channel_number, self._on_direct)
-            self.channel._impl.basic_consume(queue, self._on_message, auto_ack=False)
+            tag = self.channel._impl.basic_consume(queue, self._on_message, auto_ack=False)
+            if self.reader is not None:  # before any delivery: nothing is read until pump()
+                self.reader.register(
+                    tag, self._on_direct, channel=self.channel.channel_number, content=True
+                )
+                self.consumer_tag = tag
         if read:
             while self.pump():
                 pass
@@ -257,7 +261,7 @@ class _Snapshot:
         else:
             self.held.append(_Held(method.delivery_tag, msg, self, props))
 
-    def _on_direct(self, tag: int, props: Any, body: bytes) -> None:
+    def _on_direct(self, tag: int, _consumer: str, props: Any, body: bytes) -> None:
         self.received += 1
         self.arrived.append((tag, props, body))
 
@@ -320,8 +324,8 @@ class _Snapshot:
         moment: a command run right after (a replay after a listing) would otherwise see
         part of the parking lot missing, or stop short waiting for it.
         """
-        if self.reader is not None:
-            self.reader.direct(self.channel.channel_number, None)
+        if self.reader is not None and self.consumer_tag:
+            self.reader.unregister(self.consumer_tag)
         if not self.channel.is_open:
             return
         returning = self.received - self._acked
@@ -362,13 +366,16 @@ class RabbitParkingLot:
         self._opener = connect
         self.topology = topology
 
-    def _connect(self) -> pika.BlockingConnection:
+    def _connect(self, *, content: bool = False) -> pika.BlockingConnection:
         """The connection, reading content headers as bytes and assembling deliveries without
         pika's per-frame dispatch (``rawframes.install``): pika's table codec would raise on
-        a hostile parked header inside the connection."""
+        a hostile parked header inside the connection. With ``content`` (replay's own
+        connection) properties stay one piece of bytes (``rawframes.Content``) and the socket
+        is read in larger pieces."""
         connection = self._opener()
-        rawframes.install(connection._impl)
-        lotframes.install(connection._impl)  # basic.deliver and body frames read directly
+        rawframes.install(connection._impl, content=content)
+        if content:
+            rawframes.read_more(connection._impl)
         return connection
 
     def _routes(self, selector: Selector) -> list[Route]:
@@ -557,8 +564,7 @@ class RabbitParkingLot:
         """Replay in queue order while reading: no limit means no need to see all first.
         Deliveries are republished from their bytes (``replaywire``); a message is decoded
         only when a filter other than --route needs it (or its republish fails)."""
-        conn = self._connect()
-        lotframes.install(conn._impl, content=True)  # properties stay one piece of bytes
+        conn = self._connect(content=True)  # properties stay one piece of bytes
         publisher = _Publisher(conn, self, result, progress)
         publisher.replay_options(to_route, options)
         decode = dataclasses.replace(selector, routes=()).has_filter
@@ -811,7 +817,7 @@ class _Publisher:
             self.result.fail(msg_id, f"exchange {target.exchange!r} does not exist")
             snap.keep(tag)
             return
-        whole = type(props) is lotframes.Content
+        whole = type(props) is rawframes.Content
         if not whole and not replaywire.republishable(props):
             msg = msg or to_message(snap.route.name, props, body)
             self._send_decoded(target, tag, msg)
