@@ -115,6 +115,7 @@ def _is_encoded(password: str) -> bool:
 @given(SCHEME, USER, PASSWORD_TEXT, HOST, PORT, REST, st.booleans())
 @example("amqp", "lp", PASSWORD, "127.0.0.1", ":5672", "/%2F", False)
 @example("redis", "u", "a@b/c:d%e", "localhost", "", "/0?x=a@b", False)
+@example("amqp", "u", "loca", "localhost", "", "/", False)  # the password inside the host
 def test_redaction_keeps_everything_but_the_password(
     scheme: str, user: str, password: str, host: str, port: str, rest: str, encode: bool
 ) -> None:
@@ -126,8 +127,12 @@ def test_redaction_keeps_everything_but_the_password(
     url = f"{scheme}://{user}:{written}@{host}{port}{rest}"
     assert redact_url(url) == f"{scheme}://{user}:{MASK}@{host}{port}{rest}"
     text = redact(f"error: {url} refused; password was {password}", tuple(url_secrets(url)))
-    assert f"{scheme}://{user}:{MASK}@{host}{port}{rest}" in text
-    if len(password) >= 4 and password not in f"{scheme}://{user}:{MASK}@{host}{port}{rest}":
+    masked = f"{scheme}://{user}:{MASK}@{host}{port}{rest}"
+    if password not in masked and written not in masked:
+        # (Free text has no structure: a password that is also part of the host, say
+        # "loca" in "localhost", is masked there too, and the URL is then not intact.)
+        assert masked in text
+    if len(password) >= 4 and password not in masked:
         assert password not in text and written not in text
     # What the clients get: urllib (pika, redis-py) finds the same host and the password.
     parts = urlsplit(normalize_url(url))
