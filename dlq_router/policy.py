@@ -10,7 +10,7 @@ is parked; otherwise it waits ``delays[min(n, len(delays)) - 1]`` (the last tier
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,14 +96,16 @@ def decide(
     *,
     now_ms: int,
     rng: random.Random,
-    message_id: str,
+    message_id: str | Callable[[], str],
     continuous_jitter: bool,
 ) -> Decision:
     """Decide retry or park for one dead letter.
 
     ``continuous_jitter`` (Redis) draws any delay within +-jitter; otherwise (RabbitMQ) a
     random lane of the tier is chosen and the delay is that lane's fixed TTL.
-    ``message_id`` is used as the parked id when the message has none yet.
+    ``message_id`` is used as the parked id when the message has none yet (a callable is
+    called only then: the RabbitMQ router passes its id generator, as most dead letters
+    are retried).
     """
     incoming = failure.headers
     get = incoming.get
@@ -138,7 +140,8 @@ def decide(
 
     def park(reason: ParkReason, detail: str, attempts: int) -> Park:
         out[h.ATTEMPTS] = attempts
-        return Park(attempts, reason, detail, park_headers(out, reason, detail, now_ms, message_id))
+        new_id = message_id if isinstance(message_id, str) else message_id()
+        return Park(attempts, reason, detail, park_headers(out, reason, detail, now_ms, new_id))
 
     if previous is None:
         bad = h.truncate(h.show_value(raw_attempts), 100)

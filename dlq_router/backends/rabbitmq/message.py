@@ -49,17 +49,20 @@ def carry_over(props: wire.Properties, table: wire.Table, out: dict[str, Any], u
     """Move what cannot be republished as is (expiration, foreign user_id) into ``out``.
 
     Mutates ``props`` (the router owns the delivered object) so publishing it again keeps
-    every other property exactly as it arrived.
+    every other property exactly as it arrived; the field list is replaced, not changed in
+    place, so a reference to the old one still holds the properties as they came.
     """
     expiration = props.short(wire.EXPIRATION)
     if expiration is None:
         expiration = table.death.get("original-expiration")
     if expiration is not None:
         out[h.ORIGINAL_EXPIRATION] = expiration
+        props.fields = list(props.fields)
         props.fields[wire.EXPIRATION] = None
     user_id = props.fields[wire.USER_ID]
     if user_id is not None and user_id[1:] != user.encode():
         out[h.ORIGINAL_USER_ID] = props.short(wire.USER_ID)
+        props.fields = list(props.fields)
         props.fields[wire.USER_ID] = None
 
 

@@ -466,7 +466,7 @@ class Router:
             return
         self.deliveries[tag] = IN_FLIGHT
         r.new_dead_letters += 1
-        original = props.copy()  # for the guard: routing drops expiration/user_id
+        fields, table_bytes = props.fields, props.table  # for the guard (carry_over copies)
         try:
             table = wire.Table(props.table)
             decision = decide(
@@ -474,12 +474,14 @@ class Router:
                 message.failure(table),
                 now_ms=self.ctx.now_ms(),
                 rng=self.ctx.rng,
-                message_id=new_id(),
+                message_id=new_id,  # called only for a park
                 continuous_jitter=False,
             )
             message.carry_over(props, table, decision.headers, self.user)
             self._publish(_Publish(tag, r, decision, props, table, body, consumer))
         except Exception as exc:  # the guard: one message must never stop a route
+            original = wire.Properties(fields, table_bytes, props.flag_tail)
+            original.unreadable = props.unreadable
             self._park_error(r, tag, original, body, consumer, exc)
 
     def _park_error(
