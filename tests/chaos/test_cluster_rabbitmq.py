@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,22 @@ def leader_of(nodes: list[RabbitNode], queue: str) -> RabbitNode:
             if candidate.node == with_leader:
                 return candidate
     raise AssertionError(f"no leader found for {queue}")
+
+
+def drain_state(driver: RabbitDriver, ledger: Ledger, worker: Any, seed: int) -> str:
+    """What the drain is waiting for: queue depths, ids neither processed nor parked."""
+    try:
+        counts: Any = driver.counts()
+        parked = {str(m.properties["message_id"]) for m in driver.parked()}
+    except Exception as exc:  # the broker itself may be what is wrong
+        counts, parked = f"unreadable ({exc!r})", set()
+    with ledger.lock:
+        seen = set(ledger.processed) | parked
+    missing = sorted(set(ledger.plans) - seen)
+    return (
+        f"seed {seed}; counts {counts}; worker alive {worker.is_alive()}; "
+        f"{len(missing)} missing: {[(m, ledger.plans[m]) for m in missing[:20]]}"
+    )
 
 
 def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
@@ -115,11 +132,14 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
         # The test's driver takes one plain URL (pika's own URLParameters, no ?hosts=).
         plain = parse_topology({**data, "hosts": []}, "<cluster>")
         driver = RabbitDriver(plain, plain.routes[0])
-        parked = wait_for(
-            lambda: parked_and_drained(driver, ledger),  # type: ignore[arg-type]
-            timeout=240,
-            what="every id processed or parked, queues drained",
-        )
+        try:
+            parked = wait_for(
+                lambda: parked_and_drained(driver, ledger),  # type: ignore[arg-type]
+                timeout=240,
+                what="every id processed or parked, queues drained",
+            )
+        except AssertionError as exc:  # say what is missing, and the seed to replay it
+            raise AssertionError(f"{exc}; {drain_state(driver, ledger, worker, seed)}") from exc
         result = ledger.check(parked)
         assert router.proc is not None and router.proc.poll() is None, "the router exited"
     finally:
