@@ -21,11 +21,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve()
-BODY = b'{"to": "someone@example.com", "template": "welcome", "args": [1, 2, 3]}' * 2  # as
-# bench_parking's (not imported from there: it puts this tree first on sys.path)
 
 
 def child(root: str, n: int) -> None:
@@ -40,9 +37,12 @@ def child(root: str, n: int) -> None:
     from dlq_router.names import rabbit_names
     from dlq_router.topology import parse_topology
     from tests.conftest import RABBIT_URL, delete_rabbit_topology, route_dict
-    from tests.integration.parking_support import Parked
 
     assert str(Path(dlq_router.__file__).resolve()).startswith(str(Path(root).resolve()))
+    # Only now: bench_parking puts its own repository first on sys.path, and dlq_router must
+    # already be this tree's.
+    from bench_parking import fill_rabbit, wait_depth
+
     topo = parse_topology({"url": RABBIT_URL, "routes": [route_dict(f"rcpu{os.getpid()}")]})
     route = topo.routes[0]
     names = rabbit_names(topo, route)
@@ -51,17 +51,7 @@ def child(root: str, n: int) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(RABBIT_URL))
     ch = conn.channel()
     try:
-        now = int(time.time() * 1000)
-        for i in range(n):  # parked as the router writes them (bench_parking.fill_rabbit)
-            m = Parked(f"m{i}", body=BODY, parked_at=now + i)
-            props = pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=2,
-                message_id=f"task-m{i}",
-                headers=m.headers(route),
-            )
-            ch.basic_publish("", names.parking, m.body, props)
-        wait_depth(ch, names.parking, n)
+        fill_rabbit(ch, names.parking, topo, n)  # parked as the router writes them
         time.sleep(1.0)
         meter = cpu.Meter({"broker": cpu.broker_pid(), "replay": os.getpid()})
         meter.start()
@@ -82,14 +72,6 @@ def child(root: str, n: int) -> None:
         "broker_us": cpu.per_message_us(meter.used.get("broker", 0.0), n),
     }
     print(json.dumps(out), flush=True)
-
-
-def wait_depth(ch: Any, queue: str, n: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while ch.queue_declare(queue, passive=True).method.message_count < n:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{queue} did not reach {n} messages")
-        time.sleep(0.02)
 
 
 def main() -> None:
