@@ -151,16 +151,21 @@ def stream_of_frames() -> tuple[bytes, int]:
     return b"".join(out), len(out)
 
 
-@given(cuts=st.lists(st.integers(1, 400), max_size=40))
-def test_inbound_reads_any_split_of_the_stream_in_order(cuts: list[int]) -> None:
-    data, count = stream_of_frames()
-    conn = FakeConnection()
-    reader = rawframes.Inbound(conn, content=True)
+def feed(reader: rawframes.Inbound, data: bytes, cuts: list[int]) -> None:
+    """``data`` in reads of the sizes in ``cuts``, then the rest in one read."""
     pos = 0
     for cut in [*cuts, len(data)]:
         if pos < len(data):
             reader(data[pos : pos + cut])
             pos += cut
+
+
+@given(cuts=st.lists(st.integers(1, 400), max_size=40))
+def test_inbound_reads_any_split_of_the_stream_in_order(cuts: list[int]) -> None:
+    data, count = stream_of_frames()
+    conn = FakeConnection()
+    reader = rawframes.Inbound(conn, content=True)
+    feed(reader, data, cuts)
     assert conn._frame_buffer == b"" and conn.bytes_received == len(data)
     assert len(conn.frames) == count
     expected, at = [], 0
@@ -196,11 +201,7 @@ def test_registered_deliveries_reach_the_sink_whole_and_in_order(cuts: list[int]
     reader.register(
         "ctag", lambda tag, _c, props, body: got.append((tag, props, body)), channel=1, content=True
     )
-    pos = 0
-    for cut in [*cuts, len(data)]:
-        if pos < len(data):
-            reader(data[pos : pos + cut])
-            pos += cut
+    feed(reader, data, cuts)
     assert conn._frame_buffer == b"" and conn.bytes_received == len(data)
     assert [tag for tag, _p, _b in got] == list(range(1, 31))
     assert [body for _t, _p, body in got] == [bytes(range(i * 7 % 256)) * 3 for i in range(30)]
