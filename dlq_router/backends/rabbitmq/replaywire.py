@@ -21,6 +21,7 @@ from dlq_router.backends.rabbitmq import wire
 from dlq_router.policy import reset_for_replay
 
 _PUBLISH_ID = bytes((len(h.PUBLISH_ID),)) + h.PUBLISH_ID.encode()  # name length, name
+_U32 = struct.Struct(">I").unpack_from
 # Distinct name lists remembered per Reset; cleared when full (a hostile lot may vary them).
 CACHE_MAX = 1024
 
@@ -49,7 +50,7 @@ class Reset:
     def table(self, table: bytes | None, publish_id: int) -> bytes:
         """``table`` without the entries the reset removes, and ``dlq-publish-id`` after the
         last readable entry (bytes past it that cannot be sized stay last, as they came)."""
-        stamp = _PUBLISH_ID + _int(publish_id)
+        stamp = _PUBLISH_ID + wire.encode_value(publish_id)
         if not table:
             return stamp
         names, stops = walk(table)
@@ -70,25 +71,13 @@ class Reset:
         return b"".join(pieces)
 
 
-# Per type octet: 1 + the value's size for fixed-size types, -1 for S x A F (a 4-byte length
-# follows), 0 for a type that cannot be sized. As ``wire``'s tables, as a list: this runs for
-# every entry of every replayed message.
-_STEP = [0] * 256
-for _kinds, _size in (("V", 0), ("tbB", 1), ("suU", 2), ("Iif", 4), ("D", 5), ("dlLT", 8)):
-    for _kind in _kinds:
-        _STEP[ord(_kind)] = 1 + _size
-for _kind in "SxAF":
-    _STEP[ord(_kind)] = -1
-_U32 = struct.Struct(">I").unpack_from
-
-
 def walk(table: bytes) -> tuple[list[bytes], list[int]]:
     """``wire.scan`` reduced to what the reset needs: each readable entry's name and where
     it ends (entries are back to back: one starts where the previous one stopped)."""
     names: list[bytes] = []
     stops: list[int] = []
     name, stopped = names.append, stops.append
-    step_of, u32 = _STEP, _U32
+    step_of, u32 = wire.STEP, _U32
     pos, end = 0, len(table)
     while pos < end:
         value = pos + 1 + table[pos]
@@ -107,12 +96,6 @@ def walk(table: bytes) -> tuple[list[bytes], list[int]]:
         stopped(stop)
         pos = stop
     return names, stops
-
-
-def _int(value: int) -> bytes:
-    if -(2**31) <= value < 2**31:
-        return b"I" + value.to_bytes(4, "big", signed=True)
-    return b"l" + value.to_bytes(8, "big", signed=True)
 
 
 def content(props: wire.Properties, table: bytes) -> bytes:

@@ -61,9 +61,14 @@ _FIXED = {
     for kind in kinds
 }
 _SIZED = frozenset(map(ord, "SxAF"))
-# Both in one lookup for the table walk: the value's size after its type octet, or -1 for
-# a 4-byte length prefix.
-_SIZES = {**_FIXED, **dict.fromkeys(_SIZED, -1)}
+# Both in one list for the walks that run for every entry of every message (the router's
+# ``Table``, replay's ``replaywire.walk``), indexed by type octet: 1 + the value's size for
+# a fixed-size type, -1 when a 4-byte length follows, 0 for a type that cannot be sized.
+STEP = [0] * 256
+for _kind, _size in _FIXED.items():
+    STEP[_kind] = 1 + _size
+for _kind in _SIZED:
+    STEP[_kind] = -1
 _INT = {
     ord("b"): struct.Struct(">b"),
     ord("B"): struct.Struct(">B"),
@@ -484,7 +489,7 @@ class Table:
             return
         # ``scan`` inlined, classifying as it goes: this is most of the router's reading.
         # Only a name starting with "d" or "x" can be the router's or a death header.
-        sizes, u32, d_or_x, deaths = _SIZES, _U32.unpack_from, _D_OR_X, _DEATHS_READ
+        steps, u32, d_or_x, deaths = STEP, _U32.unpack_from, _D_OR_X, _DEATHS_READ
         foreign = self.foreign
         run_start = run_end = 0  # a run of adjacent foreign entries is copied as one slice
         pos, end = 0, len(table)
@@ -493,12 +498,10 @@ class Table:
             value = pos + 1 + table[pos]
             if value >= end:
                 break
-            size = sizes.get(table[value])
-            if size is None:
-                break
-            if size >= 0:
-                stop = value + 1 + size
-            elif value + 5 <= end:
+            step = steps[table[value]]
+            if step > 0:
+                stop = value + step
+            elif step < 0 and value + 5 <= end:
                 stop = value + 5 + u32(table, value + 1)[0]
             else:
                 break
