@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from dlq_router.topology import Topology
@@ -73,11 +73,16 @@ def park_sample(driver: ParkDriver, topology: Topology) -> None:
 def follow(browser: webdriver.Chrome, element: WebElement) -> None:
     """Click something that loads a new page and wait until it has (a click returns before
     the next page is there, so reading right after it could see the old one)."""
-    old = browser.find_element(By.TAG_NAME, "html")
+    # A mark on the old page's window object: a new page has a new window object without it.
+    # Waiting for the old <html> element to go stale is not enough: while the page changes,
+    # chromedriver sometimes answers that check with an "unknown error" (the node "does not
+    # belong to the document") instead of a stale-element error.
+    browser.execute_script("window.__dlqOldPage = true")
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
-    WebDriverWait(browser, 30).until(
-        lambda b: b.execute_script("return document.readyState") == "complete"
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda b: b.execute_script(
+            "return window.__dlqOldPage === undefined && document.readyState === 'complete'"
+        )
     )
 
 
