@@ -87,6 +87,8 @@ class AmqpWorker(threading.Thread):
         self.urls, self.names, self.ledger, self.stop = urls, names, ledger, stop
         self.prefetch = prefetch
         self.reconnects = 0
+        # id -> the dlq-attempts header of each delivery, for a failed run's report
+        self.seen: dict[str, list[int]] = {}
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -116,6 +118,7 @@ class AmqpWorker(threading.Thread):
             headers = dict(props.headers or {})
             attempts = int(headers.get(h.ATTEMPTS, 0))
             error = self.ledger.verdict(message_id, attempts)
+            self.seen.setdefault(message_id, []).append(attempts)
             if method.redelivered:
                 self.ledger.worker_rehandled += 1
             if error is None:

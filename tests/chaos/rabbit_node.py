@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -183,6 +184,33 @@ class RabbitNode:
         out = self.ctl("-q", "list_queues", "name", "leader", "--no-table-headers")
         pairs = (line.split("\t") for line in out.splitlines() if "\t" in line)
         return {name: leader.strip() for name, leader in pairs}
+
+    def dead_letters_held(self, contains: str) -> dict[str, int]:
+        """Quorum queue name (those whose name contains ``contains``) -> messages it holds
+        for at-least-once dead-lettering (discarded, and checked out to its dead-letter
+        worker). Neither ``queue.declare``'s count nor ``messages_ready`` includes them."""
+        expr = (
+            "[{N, case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1)"
+            " of {ok, {_, O}, _} -> maps:get(num_discarded, O, 0)"
+            " + maps:get(num_discard_checked_out, O, 0); _ -> -1 end}"
+            ' || Q <- rabbit_amqqueue:list(<<"/">>),'
+            " {resource, _, queue, N} <- [amqqueue:get_name(Q)],"
+            " amqqueue:get_type(Q) =:= rabbit_quorum_queue,"
+            f' binary:match(N, <<"{contains}">>) =/= nomatch].'
+        )
+        out = self.ctl("eval", expr, timeout=60)
+        return {m[0]: int(m[1]) for m in re.findall(r'<<"([^"]*)">>,\s*(-?\d+)', out)}
+
+    def move_leader(self, queue: str) -> str:
+        """Hand the leadership of quorum queue ``queue`` (vhost /) to another running
+        member; returns what ``ra:transfer_leadership`` answered."""
+        expr = (
+            f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue,'
+            f' <<"{queue}">>)), {{Name, Leader}} = amqqueue:get_pid(Q),'
+            " [Next | _] = [N || N <- rabbit_nodes:all_running(), N =/= Leader],"
+            " ra:transfer_leadership({Name, Leader}, {Name, Next})."
+        )
+        return self.ctl("eval", expr, timeout=60).strip()
 
     def stop_app(self) -> None:
         self.ctl("stop_app")

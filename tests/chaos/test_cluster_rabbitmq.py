@@ -7,10 +7,18 @@ flow, the node that leads the DLQ is stopped; the router must be consuming again
 another node) before that node comes back. Then the node that leads a tier queue is stopped
 the same way (one at a time: two of three keep the quorum). At the end 0 are lost and
 duplicates are within the router's window per node stop.
+
+RabbitMQ 3.10 itself sometimes strands dead letters in a tier queue after these leader
+changes (its at-least-once dead-letter worker never settles them; the queue keeps them). The
+test then moves that queue's leader, which the broker answers with a new worker that
+delivers them, counts it as a fault, and says so in its report line. See the README's
+"Known broker issues".
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import random
 import threading
 import time
@@ -59,8 +67,18 @@ def leader_of(nodes: list[RabbitNode], queue: str) -> RabbitNode:
     raise AssertionError(f"no leader found for {queue}")
 
 
-def drain_state(driver: RabbitDriver, ledger: Ledger, worker: Any, seed: int) -> str:
-    """What the drain is waiting for: queue depths, ids neither processed nor parked."""
+def drain_state(
+    driver: RabbitDriver,
+    ledger: Ledger,
+    worker: Any,
+    seed: int,
+    node: RabbitNode,
+    uid: str,
+    router_log: str,
+) -> str:
+    """What the drain is waiting for: queue depths, ids neither processed nor parked, and the
+    broker's own view of the route's queues (a quorum queue's count from ``queue.declare``
+    leaves out messages it holds for at-least-once dead-lettering)."""
     try:
         counts: Any = driver.counts()
         parked = {str(m.properties["message_id"]) for m in driver.parked()}
@@ -69,16 +87,41 @@ def drain_state(driver: RabbitDriver, ledger: Ledger, worker: Any, seed: int) ->
     with ledger.lock:
         seen = set(ledger.processed) | parked
     missing = sorted(set(ledger.plans) - seen)
+    try:
+        cols = ("name", "messages", "messages_ready", "messages_unacknowledged", "leader")
+        listing = node.ctl("-q", "list_queues", *cols, "--no-table-headers", timeout=60)
+        queues = "\n".join(line for line in listing.splitlines() if uid in line)
+        # What each quorum queue holds for at-least-once dead-lettering: neither
+        # queue.declare's count nor list_queues' "messages" includes it.
+        overview = (
+            "[{N, case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1)"
+            " of {ok, {_, O}, _} -> {maps:get(num_messages, O, x),"
+            " maps:get(num_discarded, O, x), maps:get(num_discard_checked_out, O, x)};"
+            ' E -> E end} || Q <- rabbit_amqqueue:list(<<"/">>),'
+            " {resource, _, queue, N} <- [amqqueue:get_name(Q)],"
+            " amqqueue:get_type(Q) =:= rabbit_quorum_queue,"
+            f' binary:match(N, <<"{uid}">>) =/= nomatch].'
+        )
+        queues += "\nraft (name, {messages, discarded, discards checked out}):\n"
+        queues += node.ctl("eval", overview, timeout=60)
+    except Exception as exc:
+        queues = f"unreadable ({exc!r})"
+    # The router logs every retry at debug level: the last trace of the first missing ids.
+    traces = [line for line in router_log.splitlines() if any(m in line for m in missing[:5])]
     return (
         f"seed {seed}; counts {counts}; worker alive {worker.is_alive()}; "
-        f"{len(missing)} missing: {[(m, ledger.plans[m]) for m in missing[:20]]}"
+        f"{len(missing)} missing (id, plan, attempts the worker saw): "
+        f"{[(m, ledger.plans[m], worker.seen.get(m)) for m in missing[:20]]}\n"
+        f"queues (name, messages, ready, unacked, leader):\n{queues}\n"
+        f"router log of the first missing ids:\n" + "\n".join(traces[-40:])
     )
 
 
 def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
     cluster: list[RabbitNode], tmp_path: Path, uid: str
 ) -> None:
-    seed = random.randrange(2**32)
+    # CHAOS_SEED replays a failed run's plans (the failure message prints the seed).
+    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
     rng = random.Random(seed)
     first, *others = cluster
     data = {
@@ -93,7 +136,9 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
     ledger = Ledger.make(N, route.max_attempts, rng)
     urls = [n.url for n in cluster]
 
-    router = RouterProcess(topology, tmp_path, args=("--prefetch", str(PREFETCH)))
+    # Debug level: the router logs each retry with its message id (8 messages a second here).
+    args = ("--prefetch", str(PREFETCH), "--log-level", "debug")
+    router = RouterProcess(topology, tmp_path, args=args)
     stop = threading.Event()
     sender = AmqpSender(urls, names)
     producer = Producer(ledger, sender.send, RATE, AMQP_ERRORS, stop)
@@ -119,6 +164,7 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
 
     started = time.monotonic()
     driver: RabbitDriver | None = None
+    released = ""
     try:
         router.start(timeout=60)
         worker.start()
@@ -132,14 +178,28 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
         # The test's driver takes one plain URL (pika's own URLParameters, no ?hosts=).
         plain = parse_topology({**data, "hosts": []}, "<cluster>")
         driver = RabbitDriver(plain, plain.routes[0])
+        drained = functools.partial(parked_and_drained, driver, ledger)
+        what = "every id processed or parked, queues drained"
         try:
-            parked = wait_for(
-                lambda: parked_and_drained(driver, ledger),  # type: ignore[arg-type]
-                timeout=240,
-                what="every id processed or parked, queues drained",
-            )
+            try:
+                parked = wait_for(drained, timeout=120, what=what)
+            except AssertionError:
+                # RabbitMQ 3.10's at-least-once dead-lettering can strand dead letters after
+                # leader changes: checked out to a dead-letter worker that never settles
+                # them (fixed upstream later: rabbitmq-server#7677, #16203). The queue still
+                # holds them (not in messages_ready); a new leader starts a new worker, which
+                # takes them over. Anything else missing still fails below.
+                held = {q: n for q, n in first.dead_letters_held(uid).items() if n}
+                if not held:
+                    raise
+                for queue in held:
+                    first.move_leader(queue)
+                    faults.add("broker_dlx_release")
+                released = f"; RabbitMQ held {held} for dead-lettering until a leader change"
+                parked = wait_for(drained, timeout=240, what=what)
         except AssertionError as exc:  # say what is missing, and the seed to replay it
-            raise AssertionError(f"{exc}; {drain_state(driver, ledger, worker, seed)}") from exc
+            state = drain_state(driver, ledger, worker, seed, first, uid, router.output)
+            raise AssertionError(f"{exc}; {state}") from exc
         result = ledger.check(parked)
         assert router.proc is not None and router.proc.poll() is None, "the router exited"
     finally:
@@ -153,6 +213,7 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
         delete_topology(first.url, topology)
     line = report("rabbitmq-cluster", seed, result, faults, time.monotonic() - started)
     line += f"; stopped: {'; '.join(stopped)}; worker re-handled {ledger.worker_rehandled}"
+    line += released
     print(line)
     assert "reconnecting to" in router.output, router.output[-2000:]
     assert result.lost == [], f"{line}; lost {result.lost[:20]}\n{router.output[-3000:]}"
