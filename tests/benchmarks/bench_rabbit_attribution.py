@@ -350,7 +350,9 @@ class Process(Mover):
     def __init__(self, cmd: list[str], log: Path) -> None:
         self.log = log
         self.out = log.open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT)
+        # Without DLQ_ROUTER_URL: it would override the node of its own in the topology.
+        env = {k: v for k, v in os.environ.items() if k != "DLQ_ROUTER_URL"}
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.STDOUT, env=env)
         self.pid = self.proc.pid
 
     def alive(self) -> bool:
