@@ -186,9 +186,9 @@ def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
             except AssertionError:
                 # RabbitMQ 3.10's at-least-once dead-lettering can strand dead letters after
                 # leader changes: checked out to a dead-letter worker that never settles
-                # them (fixed upstream later: rabbitmq-server#7677, #16203). The queue still
-                # holds them (not in messages_ready); a new leader starts a new worker, which
-                # takes them over. Anything else missing still fails below.
+                # them (later releases fixed races there: rabbitmq-server#7677, #16203). The
+                # queue still holds them (not in messages_ready); a new leader starts a new
+                # worker, which takes them over. Anything else missing still fails below.
                 held = {q: n for q, n in first.dead_letters_held(uid).items() if n}
                 if not held:
                     raise
