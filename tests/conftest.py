@@ -6,6 +6,7 @@ Brokers are the real ones on loopback (started by `make brokers`); nothing here 
 from __future__ import annotations
 
 import contextlib
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +21,14 @@ from dlq_router.topology import Topology, parse_topology
 
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests send SIGINT to the CLI and expect exit 130. A shell without job control (a CI
+    script run with ``&``, ``nohup ... &``) starts background commands with SIGINT ignored,
+    and every child inherits that: the CLI would never see the signal. Undo it here."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
