@@ -29,6 +29,12 @@ def scaled(n: int) -> int:
     return n * SCALE
 
 
+def chaos_seed() -> int:
+    """The run's seed: CHAOS_SEED replays a failed run's plans and fault order (its report
+    line names the seed); otherwise a fresh one."""
+    return int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
+
+
 @dataclass
 class Ledger:
     plans: dict[str, int]

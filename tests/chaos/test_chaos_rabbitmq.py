@@ -35,6 +35,7 @@ from tests.chaos.ledger import (
     Ledger,
     Producer,
     chaos_loop,
+    chaos_seed,
     report,
     scaled,
 )
@@ -108,7 +109,7 @@ def parked_and_drained(driver: RabbitDriver, ledger: Ledger) -> list[tuple[str, 
 
 def test_rabbitmq_chaos_ledger(running_node: RabbitNode, tmp_path: Path, uid: str) -> None:
     node = running_node
-    seed = random.randrange(2**32)
+    seed = chaos_seed()
     rng = random.Random(seed)
     topology = parse_topology({"url": node.url, "routes": [route_data(uid)]}, "<chaos>")
     route = topology.routes[0]

@@ -35,6 +35,7 @@ from tests.chaos.ledger import (
     Ledger,
     Producer,
     chaos_loop,
+    chaos_seed,
     report,
     scaled,
 )
@@ -134,7 +135,7 @@ def _declare(path: Path) -> None:
 
 
 def test_redis_chaos_ledger(server: LocalRedis, tmp_path: Path, uid: str) -> None:
-    seed = random.randrange(2**32)
+    seed = chaos_seed()
     rng = random.Random(seed)
     topology = _topology(server.url, uid)
     route = topology.routes[0]

@@ -18,7 +18,6 @@ delivers them, counts it as a fault, and says so in its report line. See the REA
 from __future__ import annotations
 
 import functools
-import os
 import random
 import threading
 import time
@@ -31,7 +30,7 @@ import pytest
 from dlq_router.names import rabbit_names
 from dlq_router.topology import parse_topology
 from tests.chaos.amqp_clients import AMQP_ERRORS, AmqpSender, AmqpWorker
-from tests.chaos.ledger import Faults, Ledger, Producer, report
+from tests.chaos.ledger import Faults, Ledger, Producer, chaos_seed, report
 from tests.chaos.rabbit_node import RabbitNode, local_cluster
 from tests.chaos.test_chaos_rabbitmq import (
     PREFETCH,
@@ -120,8 +119,7 @@ def drain_state(
 def test_router_fails_over_when_the_dlq_and_tier_leaders_stop(
     cluster: list[RabbitNode], tmp_path: Path, uid: str
 ) -> None:
-    # CHAOS_SEED replays a failed run's plans (the failure message prints the seed).
-    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
+    seed = chaos_seed()
     rng = random.Random(seed)
     first, *others = cluster
     data = {
