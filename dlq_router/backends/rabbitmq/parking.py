@@ -229,6 +229,7 @@ class _Snapshot:
         self.short = 0  # messages not read because another consumer holds them
         self._floor = 0  # every delivery tag <= floor is acked
         self._acked = 0
+        self.closing = False  # set by close(): no more acks
         self._ready: set[int] = set()  # confirmed, waiting to be covered by a multiple ack
         self._kept_min: float = float("inf")  # lowest tag that stays parked
         self._last, self._seen = time.monotonic(), 0
@@ -303,6 +304,8 @@ class _Snapshot:
     def flush(self) -> None:
         """Ack what has left: one multiple ack for the run from the last floor, singles after
         the first message that stays."""
+        if self.closing:
+            return
         top = self._floor
         while top + 1 in self._ready and top + 1 < self._kept_min:
             top += 1
@@ -326,6 +329,11 @@ class _Snapshot:
         """
         if self.reader is not None and self.consumer_tag:
             self.reader.unregister(self.consumer_tag)
+        # Nothing more is acked from here on. The calls below let pika run callbacks: a
+        # replay interrupted by Ctrl-C still gets confirms, and acking on them would make
+        # ``returning`` too high and the wait below run out its timeout. Such a message stays
+        # parked as well as replayed (a duplicate, never a loss).
+        self.closing = True
         if not self.channel.is_open:
             return
         returning = self.received - self._acked
