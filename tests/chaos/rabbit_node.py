@@ -185,21 +185,29 @@ class RabbitNode:
         pairs = (line.split("\t") for line in out.splitlines() if "\t" in line)
         return {name: leader.strip() for name, leader in pairs}
 
-    def dead_letters_held(self, contains: str) -> dict[str, int]:
-        """Quorum queue name (those whose name contains ``contains``) -> messages it holds
-        for at-least-once dead-lettering (discarded, and checked out to its dead-letter
-        worker). Neither ``queue.declare``'s count nor ``messages_ready`` includes them."""
+    def raft_counts(self, contains: str) -> dict[str, tuple[int, int, int]]:
+        """Quorum queue name (those whose name contains ``contains``) -> (messages,
+        discarded, discards checked out) from its Raft state: the last two are what it holds
+        for at-least-once dead-lettering (waiting, and checked out to its dead-letter
+        worker), which neither ``queue.declare``'s count nor ``messages_ready`` includes.
+        (-1, -1, -1) for a queue whose leader did not answer."""
         expr = (
             "[{N, case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1)"
-            " of {ok, {_, O}, _} -> maps:get(num_discarded, O, 0)"
-            " + maps:get(num_discard_checked_out, O, 0); _ -> -1 end}"
+            " of {ok, {_, O}, _} -> {maps:get(num_messages, O, 0),"
+            " maps:get(num_discarded, O, 0), maps:get(num_discard_checked_out, O, 0)};"
+            " _ -> {-1, -1, -1} end}"
             ' || Q <- rabbit_amqqueue:list(<<"/">>),'
             " {resource, _, queue, N} <- [amqqueue:get_name(Q)],"
             " amqqueue:get_type(Q) =:= rabbit_quorum_queue,"
             f' binary:match(N, <<"{contains}">>) =/= nomatch].'
         )
         out = self.ctl("eval", expr, timeout=60)
-        return {m[0]: int(m[1]) for m in re.findall(r'<<"([^"]*)">>,\s*(-?\d+)', out)}
+        found = re.findall(r'<<"([^"]*)">>,\s*\{(-?\d+),\s*(-?\d+),\s*(-?\d+)\}', out)
+        return {name: (int(m), int(d), int(c)) for name, m, d, c in found}
+
+    def dead_letters_held(self, contains: str) -> dict[str, int]:
+        """Queue name -> dead letters it holds for its dead-letter worker (``raft_counts``)."""
+        return {name: d + c for name, (_m, d, c) in self.raft_counts(contains).items()}
 
     def move_leader(self, queue: str) -> str:
         """Hand the leadership of quorum queue ``queue`` (vhost /) to another running

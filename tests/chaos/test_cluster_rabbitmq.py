@@ -90,19 +90,9 @@ def drain_state(
         cols = ("name", "messages", "messages_ready", "messages_unacknowledged", "leader")
         listing = node.ctl("-q", "list_queues", *cols, "--no-table-headers", timeout=60)
         queues = "\n".join(line for line in listing.splitlines() if uid in line)
-        # What each quorum queue holds for at-least-once dead-lettering: neither
-        # queue.declare's count nor list_queues' "messages" includes it.
-        overview = (
-            "[{N, case catch ra:local_query(amqqueue:get_pid(Q), fun rabbit_fifo:overview/1)"
-            " of {ok, {_, O}, _} -> {maps:get(num_messages, O, x),"
-            " maps:get(num_discarded, O, x), maps:get(num_discard_checked_out, O, x)};"
-            ' E -> E end} || Q <- rabbit_amqqueue:list(<<"/">>),'
-            " {resource, _, queue, N} <- [amqqueue:get_name(Q)],"
-            " amqqueue:get_type(Q) =:= rabbit_quorum_queue,"
-            f' binary:match(N, <<"{uid}">>) =/= nomatch].'
-        )
-        queues += "\nraft (name, {messages, discarded, discards checked out}):\n"
-        queues += node.ctl("eval", overview, timeout=60)
+        raft = node.raft_counts(uid)
+        queues += "\nraft (name: messages, discarded, discards checked out):\n"
+        queues += "\n".join(f"{name}: {raft[name]}" for name in sorted(raft))
     except Exception as exc:
         queues = f"unreadable ({exc!r})"
     # The router logs every retry at debug level: the last trace of the first missing ids.
