@@ -21,23 +21,10 @@ from hypothesis import strategies as st
 from pika import spec
 
 from dlq_router.backends.rabbitmq import rawframes, wire
+from tests.unit.fake_connection import FakeConnection
 
 FAST, OTHER = 1, 2  # the router's channel, and another one
 REGISTERED, UNKNOWN = "ctag-router", "ctag-cancelled"
-
-
-class Conn:
-    """What ``Inbound`` uses of a pika connection."""
-
-    def __init__(self) -> None:
-        self._frame_buffer = b""
-        self.frames_received = 0
-        self.bytes_received = 0
-        self.is_closed = False
-        self.seen: list[tuple[Any, ...]] = []
-
-    def _process_frame(self, value: Any) -> None:
-        self.seen.append(describe(value))
 
 
 def describe(value: Any) -> tuple[Any, ...]:
@@ -141,12 +128,14 @@ def streams(draw: st.DrawFn) -> Stream:
     return Stream(b"".join(frames), expected)
 
 
-def reader(content: bool = False) -> tuple[rawframes.Inbound, Conn, list[tuple[Any, ...]]]:
+def reader(
+    content: bool = False,
+) -> tuple[rawframes.Inbound, FakeConnection, list[tuple[Any, ...]]]:
     """The router's reader; with ``content``, a replay connection's (a consumer given
     ``Content``, and content headers that reach pika as ``Content`` too)."""
-    conn = Conn()
+    conn = FakeConnection(describe)
     inbound = rawframes.install(conn, content=content)
-    out = conn.seen  # one list: the order across fast and pika paths is checked too
+    out = conn.frames  # one list: the order across fast and pika paths is checked too
 
     def deliver(tag: int, consumer: str, p: Any, body: bytes) -> None:
         assert type(p) is (rawframes.Content if content else wire.Properties)

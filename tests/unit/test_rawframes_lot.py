@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pika import exceptions, spec
 
 from dlq_router.backends.rabbitmq import rawframes, replaywire, wire
+from tests.unit.fake_connection import FakeConnection
 
 SHORT = st.one_of(st.text(max_size=30), st.binary(max_size=30))
 
@@ -122,18 +123,6 @@ def test_content_headers_it_cannot_lay_out_are_split() -> None:
     overrun[21:25] = (500).to_bytes(4, "big")  # the table's length runs past the frame
     consumed, value = rawframes.read_frame(bytes(overrun), content=True)
     assert consumed == len(overrun) and value.properties.unreadable is not None
-
-
-class FakeConnection:
-    def __init__(self) -> None:
-        self._frame_buffer = b""
-        self.bytes_received = 0
-        self.frames_received = 0
-        self.is_closed = False
-        self.frames: list[Any] = []
-
-    def _process_frame(self, value: Any) -> None:
-        self.frames.append(value)
 
 
 def stream_of_frames() -> tuple[bytes, int]:
