@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from dlq_router import __version__
+from dlq_router import __version__, native
 from dlq_router.cli import console as _console
 from dlq_router.cli import declare as _declare
 from dlq_router.cli import demo as _demo
@@ -25,7 +25,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"dlq-router {__version__}")
+        typer.echo(f"dlq-router {__version__} ({native.describe()})")
         raise typer.Exit()
 
 

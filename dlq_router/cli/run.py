@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dlq_router import logs
+from dlq_router import logs, native
 from dlq_router.backends.base import RouterContext
 from dlq_router.cli.common import TopologyOpt, UrlOpt, backend_for, cli_errors, load
 from dlq_router.errors import UsageError
@@ -167,7 +167,12 @@ def run(
                 metrics_host,
                 server.server_port,
             )
-        ctx.log.info("dlq-router run on %s, %d route(s)", redact_url(topo.url), len(topo.routes))
+        ctx.log.info(
+            "dlq-router run on %s, %d route(s); %s",
+            redact_url(topo.url),
+            len(topo.routes),
+            native.describe(),
+        )
         try:
             with stop_on_signals(ctx), quiet_gc(), backend_for(topo) as backend:
                 backend.run_router(ctx)

@@ -312,5 +312,5 @@ def test_router_values_encode_without_raising(value: Any, wire_kind: bytes) -> N
 
 def test_publish_id_of_a_returned_message() -> None:
     props = props_with(entry(b"x", b"V") + wire.encode_entry(h.PUBLISH_ID, 42))
-    assert wire.publish_id(props) == 42
-    assert wire.publish_id(props_with(b"")) is None
+    assert wire.publish_id(props.table) == 42
+    assert wire.publish_id(props_with(b"").table) is None

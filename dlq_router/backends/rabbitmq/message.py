@@ -15,7 +15,7 @@ headers instead:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from dlq_router import headers as h
 from dlq_router.backends.rabbitmq import wire
@@ -74,7 +74,7 @@ class Encoded:
     router's raw ``wire.Properties`` can be measured and published through this.
     """
 
-    INDEX = wire.BASIC_CLASS
+    INDEX: ClassVar[int] = wire.BASIC_CLASS
     __slots__ = ("pieces", "size")
 
     def __init__(self, props: Any) -> None:

@@ -712,9 +712,10 @@ class _Publisher:
             self.snapshots.append(snap)
         return found
 
-    def _on_return(self, _ch: Any, _method: Any, props: wire.Properties, _body: bytes) -> None:
-        # mandatory publish that no queue accepted; its confirm (an ack) follows
-        seq = wire.publish_id(props)
+    def _on_return(self, _ch: Any, _method: Any, props: _Props, _body: bytes) -> None:
+        # mandatory publish that no queue accepted; its confirm (an ack) follows. Its
+        # properties come as ``Content`` (this connection reads content headers so).
+        seq = wire.publish_id(props.table)
         if seq is not None:
             self.returned.add(seq)
         elif (msg_id := h.as_text(decode_headers(props.table).get(h.ID))) is not None:

@@ -592,7 +592,7 @@ class Router:
 
     def _on_return(self, _ch: Any, method: Any, props: wire.Properties, _body: bytes) -> None:
         # basic.return arrives before the confirm of the same publish.
-        seq = wire.publish_id(props)
+        seq = wire.publish_id(props.table)
         publish = None if seq is None else self.pending.get(seq)
         if publish is None:
             return

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Mapping
 from decimal import Decimal
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from dlq_router.headers import BROKER_DEATH_HEADERS
 
@@ -312,7 +312,7 @@ class Properties:
     every field.
     """
 
-    INDEX = BASIC_CLASS  # what pika reads from the properties it publishes
+    INDEX: ClassVar[int] = BASIC_CLASS  # what pika reads from the properties it publishes
     __slots__ = ("after", "before", "fields", "flag_tail", "parsed", "table", "unreadable")
 
     def __init__(
@@ -578,9 +578,8 @@ class Table:
         return kept
 
 
-def publish_id(props: Properties) -> int | None:
-    """The router's ``dlq-publish-id`` of a returned message."""
-    table = props.table
+def publish_id(table: bytes | None) -> int | None:
+    """The router's ``dlq-publish-id`` in a returned message's header table."""
     if not table:
         return None
     entries, _ = scan(table, 0, len(table))
