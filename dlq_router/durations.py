@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from functools import lru_cache
 
@@ -26,7 +25,6 @@ def parse_duration_ms(value: object) -> int:
 
 
 @lru_cache(maxsize=1024)  # a handful of tier delays, formatted for every routed message
-@functools.lru_cache(maxsize=1024)  # the router spells a tier for every retry
 def format_duration_ms(ms: int) -> str:
     """The shortest exact spelling: 10000 -> '10s', 90000 -> '90s', 1500 -> '1500ms'."""
     for unit in ("d", "h", "m", "s"):
