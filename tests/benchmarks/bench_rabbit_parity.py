@@ -73,6 +73,7 @@ from bench_rabbit_attribution import (
     watch,
 )
 
+from dlq_router import native
 from dlq_router.backends.rabbitmq.connection import connect
 from dlq_router.backends.rabbitmq.declare import declare
 from dlq_router.backends.rabbitmq.spec import topology_specs
@@ -506,6 +507,7 @@ def main() -> None:
                 "cores": cpu.CORES,
                 "rabbitmq": version,
                 "commit": _commit(),
+                "hot_path": native.describe(),  # the movers run this venv's dlq_router too
                 "load_avg_start": [round(x, 2) for x in load_start],
                 "load_avg_end": [round(x, 2) for x in os.getloadavg()],
                 "seconds": round(time.monotonic() - started),

@@ -99,15 +99,21 @@ def main() -> None:
             parser.error(f"{tree} holds no dlq_router/")
         if not python(tree).is_file():
             parser.error(f"{tree} has no .venv: run `make install` there first")
-        found = subprocess.run(
-            [str(python(tree)), "-c", "import dlq_router; print(dlq_router.__file__)"],
+        probe = (
+            "import dlq_router; print(dlq_router.__file__)\n"
+            "try:\n    from dlq_router import native; print(native.describe())\n"
+            "except ImportError:\n    print('pure Python (a tree before dlq_router.native)')"
+        )
+        found, hot_path = subprocess.run(
+            [str(python(tree)), "-c", probe],
             cwd=tree.resolve(),
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.strip()
+        ).stdout.splitlines()
         if not Path(found).resolve().is_relative_to(tree.resolve()):
             parser.error(f"{python(tree)} imports {found}, not {tree}'s dlq_router")
+        print(f"{tree}: {hot_path}", flush=True)
     sides: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
