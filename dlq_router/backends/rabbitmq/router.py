@@ -239,6 +239,13 @@ class Router:
     def _reset(self) -> None:
         self.pending: dict[int, _Publish] = {}  # publish sequence number -> publish
         self.deliveries: dict[int, int] = {}  # DLQ delivery tag -> state, in tag order
+        # Both are walked from the front by number, not by ``next(iter(d))``: a dict keeps
+        # the slots of popped keys until it resizes and an iterator steps over all of them,
+        # so the first key after n pops from the front costs n steps (4 % of the router's
+        # CPU in a profile).
+        self.confirmed_upto = 0  # every publish up to this seq is settled
+        self.ack_from = 1  # the lowest delivery tag that may still be in ``deliveries``
+        self.top_tag = 0  # the highest delivery tag seen on this channel
         self.budget.reset()
         self.ctx.metrics.paused.set(0)
         self.seq = 0
@@ -459,6 +466,8 @@ class Router:
     def _on_delivery(
         self, r: _Route, tag: int, consumer: str, props: wire.Properties, body: bytes
     ) -> None:
+        if tag > self.top_tag:
+            self.top_tag = tag
         if self.budget.add(tag, len(body)) and not self.draining:
             self._pause()
         if self.draining:
@@ -615,11 +624,15 @@ class Router:
     def _confirmed(self, ack: bool, tag: int, multiple: bool) -> None:
         pending = self.pending
         if multiple:
-            while pending:
-                seq = next(iter(pending))
-                if seq > tag:
-                    break
-                self._settle(pending.pop(seq), ack)
+            # Sequence numbers are consecutive; those confirmed singly leave gaps.
+            seq = self.confirmed_upto + 1
+            if tag > self.confirmed_upto:
+                self.confirmed_upto = tag
+            while seq <= tag:
+                publish = pending.pop(seq, None)
+                if publish is not None:
+                    self._settle(publish, ack)
+                seq += 1
         else:
             publish = pending.pop(tag, None)
             if publish is not None:
@@ -682,16 +695,21 @@ class Router:
         """Ack the confirmed prefix with one frame; behind a held head, ack one by one."""
         d = self.deliveries
         last = 0
-        while d:
-            tag = next(iter(d))
-            if d[tag] != DONE:
-                break
-            del d[tag]
-            last = tag
-            self.budget.release(tag)
+        tag, top = self.ack_from, self.top_tag
+        while tag <= top:  # (tags pika rejected, or requeued, are gaps)
+            state = d.get(tag)
+            if state is not None:
+                if state != DONE:
+                    break
+                del d[tag]
+                last = tag
+                self.budget.release(tag)
+            tag += 1
+        self.ack_from = tag
         if last:
             self.channel.basic_ack(last, multiple=True)
-        if d and (d[head := next(iter(d))] == WAITING or head in self.held):
+        head = tag if tag in d else next(iter(d), 0)
+        if d and (d[head] == WAITING or head in self.held):
             # multiple=True would also ack the held head: ack what is done individually.
             for tag in [t for t, state in d.items() if state == DONE]:
                 del d[tag]
