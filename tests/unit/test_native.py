@@ -119,6 +119,10 @@ def test_a_missing_or_garbled_record_is_not_trusted(
     sources["dlq_router.policy"] = "0" * 64
     record.write_text(json.dumps({"sources": sources}))
     assert native.decide().reason == "policy.py changed since compiled: run make install"
+    monkeypatch.setattr(native, "source_path", lambda m: tmp_path / "gone" / f"{m}.py")
+    assert native.decide() == native.Status(
+        True, "compiled with mypyc (no sources to check against)"
+    )
     for value in ("1", "true", "YES", "on"):
         monkeypatch.setenv(native.PURE_ENV, value)
         assert native.decide().reason == "DLQ_ROUTER_PURE_PYTHON=1"
