@@ -72,7 +72,13 @@ def main() -> int:
         print("a source changed during the compile; run make install again", file=sys.stderr)
         return 1
     native.RECORD.write_text(json.dumps({"sources": sources}, indent=1) + "\n")
-    probe = "from dlq_router import native; print(native.status().compiled, native.describe())"
+    # Every compiled module must load as an extension module, not only be chosen.
+    probe = (
+        "import importlib; from dlq_router import native\n"
+        "files = [importlib.import_module(m).__file__ or '' for m in native.MODULES]\n"
+        "ok = native.select().compiled and not any(f.endswith('.py') for f in files)\n"
+        "print(ok, native.describe())"
+    )
     check = subprocess.run(
         [sys.executable, "-c", probe],
         env={k: v for k, v in os.environ.items() if k != native.PURE_ENV},

@@ -154,16 +154,6 @@ def select() -> Status:
     return _STATUS
 
 
-def status() -> Status:
-    """What this process runs, checked against the imported modules themselves."""
-    chosen = select()
-    loaded = [sys.modules.get(m) for m in MODULES]
-    files = [getattr(m, "__file__", "") or "" for m in loaded if m is not None]
-    if chosen.compiled and any(f.endswith(".py") for f in files):
-        return Status(False, "imported before dlq_router.native chose (sources in use)")
-    return chosen
-
-
 def describe() -> str:
-    s = status()
+    s = select()
     return "hot path compiled with mypyc" if s.compiled else f"pure Python ({s.reason})"

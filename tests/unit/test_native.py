@@ -24,7 +24,7 @@ PROBE = (
     "import dlq_router.backends.rabbitmq.wire as w, dlq_router.policy as p\n"
     "from dlq_router import native\n"
     "t = w.Table(b'\\x0cdlq-attempts' + b'I' + (2).to_bytes(4, 'big'))\n"
-    "print(native.status().compiled, t.ours['dlq-attempts'], w.__file__.endswith('.py'),"
+    "print(native.select().compiled, t.ours['dlq-attempts'], w.__file__.endswith('.py'),"
     " p.__file__.endswith('.py'))\n"
 )
 
@@ -41,9 +41,9 @@ def test_this_run_uses_what_it_claims() -> None:
     assert files, "no hot module imported"
     if native.pure_requested():
         assert all(f.endswith(".py") for f in files.values()), files
-        assert not native.status().compiled
+        assert not native.select().compiled
     else:
-        assert native.status() == native.Status(True, "compiled with mypyc"), (
+        assert native.select() == native.Status(True, "compiled with mypyc"), (
             "the hot modules are not compiled: run make install"
         )
         assert all(f.endswith(EXTENSIONS) for f in files.values()), files
