@@ -6,7 +6,7 @@ shim ``<module>.cpython-*.so`` beside each ``.py``, the code in
 ``dlq_router/_native__mypyc.cpython-*.so``, and ``RECORD`` with each compiled source's
 SHA-256. The sources are the same code: mypyc compiles the annotated Python that mypy
 --strict checks, and the router spends about 30 % less CPU per dead letter with it
-(README, "Performance"). A ``pip install`` without ``make`` gets the sources only.
+(README, "The compiled hot path"). A ``pip install`` without ``make`` gets the sources only.
 
 Python imports an extension module in preference to a ``.py`` of the same name, so a
 compiled module that no longer matches its source would run code nobody can read. Before
