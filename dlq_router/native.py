@@ -104,11 +104,12 @@ def pure_requested() -> bool:
     return os.environ.get(PURE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def decide() -> Status:
-    """Whether this process can use the compiled modules (reads files, imports nothing)."""
+def decide(found: list[Path] | None = None) -> Status:
+    """Whether this process can use the compiled modules (reads files, imports nothing);
+    ``found``: ``compiled_files()``, when the caller has listed them already."""
     if pure_requested():
         return Status(False, f"{PURE_ENV}=1")
-    if not compiled_files():
+    if not (compiled_files() if found is None else found):
         return Status(False, "not compiled: make install compiles it")
     if not all(source_path(m).is_file() for m in MODULES):
         # Compiled modules without their sources (a packaging of its own): nothing to
@@ -141,8 +142,9 @@ def select() -> Status:
     """Decide once per process, before ``MODULES`` are imported (``dlq_router/__init__``)."""
     global _STATUS
     if _STATUS is None:
-        status = decide()
-        if not status.compiled and compiled_files():
+        found = compiled_files()
+        status = decide(found)
+        if not status.compiled and found:
             sys.meta_path.insert(0, _Sources())
             if not pure_requested():
                 warnings.warn(
